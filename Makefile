@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.scalewatch-installed
+# the CPU wheel on disk; installed first so nothing pulls a CUDA build
+TORCH  := torch==2.13.0
+
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-running with nothing changed installs nothing: the stamp is newer than its inputs.
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[wandb,dev,examples]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) demo_runs lightning_logs .pytest_cache

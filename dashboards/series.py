@@ -1,0 +1,92 @@
+"""Per-scale series built from history records, for plots, reports and live views."""
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from scalewatch.monitor.saturation import lower_warning, upper_warning
+
+DEFAULT_WARN_FRACTION = 0.9
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+@dataclass
+class ScaleSeries:
+    """Everything recorded for one scale, in compact arrays (8 bytes a value)."""
+
+    name: str
+    min: float = math.nan
+    max: float = math.nan
+    warn_fraction: float = DEFAULT_WARN_FRACTION
+    bound: str = "hard"
+    steps: array = field(default_factory=lambda: array("d"))
+    scale: array = field(default_factory=lambda: array("d"))
+    raw: array = field(default_factory=lambda: array("d"))
+    grad: array = field(default_factory=lambda: array("d"))
+    alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
+
+    def add(self, record: Dict[str, Any]) -> None:
+        self.min = _num(record.get("min", self.min))
+        self.max = _num(record.get("max", self.max))
+        self.warn_fraction = float(record.get("warn_fraction") or self.warn_fraction)
+        self.bound = record.get("bound") or self.bound
+        self.steps.append(float(record["step"]))
+        self.scale.append(_num(record.get("scale")))
+        self.raw.append(_num(record.get("raw")))
+        self.grad.append(_num(record.get("grad")))
+        for kind in record.get("alerts") or ():
+            self.alerts.append((int(record["step"]), kind, _num(record.get("scale"))))
+
+    @property
+    def upper_warning(self) -> float:
+        return upper_warning(self.max, self.warn_fraction)
+
+    @property
+    def lower_warning(self) -> float:
+        return lower_warning(self.min, self.max, self.warn_fraction)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def closeness_to_bound(record: Dict[str, Any]) -> float:
+    """0 at a bound (or non-finite), 0.5 in the middle of the range."""
+    lo, hi, s = _num(record.get("min")), _num(record.get("max")), _num(record.get("scale"))
+    if not all(math.isfinite(v) for v in (lo, hi, s)) or hi <= lo:
+        return 0.0
+    return max(0.0, min(s - lo, hi - s) / (hi - lo))
+
+
+def rank_scales(records: Iterable[Dict[str, Any]]) -> Tuple[List[str], int]:
+    """Order scale names most-at-risk first: alerted ones, then by the closest approach to a bound.
+
+    Returns the names and the number of records seen (one streaming pass).
+    """
+    score: Dict[str, Tuple[int, float]] = {}
+    count = 0
+    for rec in records:
+        count += 1
+        name = rec["name"]
+        alerted, closest = score.get(name, (0, 1.0))
+        score[name] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
+    names = sorted(score, key=lambda n: (-score[n][0], score[n][1], n))
+    return names, count
+
+
+def collect_series(records: Iterable[Dict[str, Any]], names: Optional[Iterable[str]] = None) -> Dict[str, ScaleSeries]:
+    """Build series for ``names`` (all when None), in first-seen order."""
+    wanted = None if names is None else set(names)
+    series: Dict[str, ScaleSeries] = {}
+    for rec in records:
+        name = rec["name"]
+        if wanted is not None and name not in wanted:
+            continue
+        if name not in series:
+            series[name] = ScaleSeries(name=name)
+        series[name].add(rec)
+    return series

@@ -1,0 +1,56 @@
+"""W&B views: metrics plotted against the trainer step, and a chart with the bounds."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, Sequence, Union
+
+import numpy as np
+
+from scalewatch.dashboards.plot import envelope, load_series
+
+log = logging.getLogger("scalewatch")
+
+STEP_METRIC = "trainer/global_step"
+#: points per W&B line chart (W&B tables get slow beyond a few thousand rows)
+MAX_CHART_POINTS = 1000
+
+
+def define_scale_metrics(run: Any, names: Sequence[str]) -> None:
+    """Plot every ``scalewatch/NAME/*`` key against the trainer step, per scale."""
+    try:
+        run.define_metric(STEP_METRIC)
+        for name in names:
+            run.define_metric(f"scalewatch/{name}/*", step_metric=STEP_METRIC)
+    except Exception as err:  # a dashboard nicety must never end training
+        log.warning("scalewatch could not define W&B metrics: %s", err)
+
+
+def bounds_charts(source: Union[str, Iterable[Dict[str, Any]]], max_panels: int = 6) -> Dict[str, Any]:
+    """One W&B line chart per scale: scale, min, max and the warning line over steps."""
+    import wandb
+
+    series, _ = load_series(source, max_panels)
+    charts = {}
+    for s in series:
+        steps = np.frombuffer(s.steps, dtype=np.float64)
+        x, y = envelope(steps, np.frombuffer(s.scale, dtype=np.float64), MAX_CHART_POINTS)
+        xs = [float(v) for v in x]
+        ys = [[float(v) for v in y], [s.min] * len(xs), [s.max] * len(xs), [s.upper_warning] * len(xs)]
+        charts[f"scalewatch_charts/{s.name}"] = wandb.plot.line_series(
+            xs=xs, ys=ys, keys=["scale", "min", "max", "warning"], title=f"{s.name} against its bounds",
+            xname="optimizer step")
+    return charts
+
+
+def log_plot(logger: Any, fig: Any, source: Union[str, Iterable[Dict[str, Any]]], step: int, final: bool) -> None:
+    """Send the matplotlib plot as an image, and at the end of fit the bounds charts."""
+    import wandb
+
+    try:
+        payload: Dict[str, Any] = {"scalewatch/plot": wandb.Image(fig)}
+        if final:
+            payload.update(bounds_charts(source))
+        payload[STEP_METRIC] = step
+        logger.experiment.log(payload)
+    except Exception as err:
+        log.warning("scalewatch could not send the plot to W&B: %s", err)

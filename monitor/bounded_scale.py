@@ -1,0 +1,117 @@
+"""The one interface every bounded scale of scalewatch shares.
+
+A bounded scale is a scalar that a model learns (or keeps fixed) but only uses
+inside ``[min_scale, max_scale]``. What a monitor needs of it is small: the raw
+tensor the optimizer updates, the effective value the model uses, the bounds,
+and how the bound is enforced. ScaleMonitor finds every module that subclasses
+:class:`BoundedScale` and reads it through this interface alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+Bound = Literal["hard", "soft"]
+BOUNDS = ("hard", "soft")
+
+
+def check_finite_number(name: str, value: object) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    return float(value)
+
+
+def check_bounds(min_scale: object, max_scale: object, *, min_name: str = "min_scale",
+                 max_name: str = "max_scale") -> Tuple[float, float]:
+    """Validate a ``(min, max)`` pair: finite, ``max > 0``, ``min < max``."""
+    lo = check_finite_number(min_name, min_scale)
+    hi = check_finite_number(max_name, max_scale)
+    if hi <= 0:
+        raise ValueError(f"`{max_name}` must be > 0, got {max_scale!r}")
+    if lo >= hi:
+        raise ValueError(f"`{min_name}` must be < `{max_name}`, got {min_name}={min_scale!r} >= {max_name}={max_scale!r}")
+    return lo, hi
+
+
+class BoundedScale(nn.Module):
+    """A learnable (or fixed) scalar used only inside ``[min_scale, max_scale]``.
+
+    Args:
+        init: the effective scale to start from; must lie in the bounds
+            (strictly inside them for ``bound="soft"``).
+        min_scale: lower bound of the effective scale.
+        max_scale: upper bound of the effective scale, ``> 0``.
+        learnable: ``True`` stores the raw value as an ``nn.Parameter``;
+            ``False`` as a buffer (saved in ``state_dict``, not in ``parameters()``).
+        bound: ``"hard"`` clamps the raw value (the gradient is exactly zero once
+            the raw value leaves the bounds, so the parameter can get pinned there);
+            ``"soft"`` maps an unconstrained raw value through
+            ``min + (max - min) * sigmoid(raw)``, whose gradient shrinks near the
+            bounds but is never exactly zero. Soft bounds never pin, but the scale
+            reacts more slowly near the bounds and never reaches them exactly.
+        init_name: the argument name used for ``init`` in error messages.
+
+    Raises:
+        ValueError: on non-finite or inconsistent bounds, an ``init`` outside
+            them, or an unknown ``bound``.
+    """
+
+    #: attribute under which the raw tensor is registered (and its state_dict key)
+    raw_scale_name: str = "raw_scale"
+
+    def __init__(self, init: float, min_scale: float, max_scale: float, learnable: bool = True,
+                 bound: Bound = "hard", *, init_name: str = "init") -> None:
+        super().__init__()
+        self.min_scale, self.max_scale = check_bounds(min_scale, max_scale)
+        init = check_finite_number(init_name, init)
+        if bound not in BOUNDS:
+            raise ValueError(f"`bound` must be one of {BOUNDS}, got {bound!r}")
+        if not self.min_scale <= init <= self.max_scale:
+            raise ValueError(f"`{init_name}` must lie in [min_scale, max_scale] = "
+                             f"[{self.min_scale}, {self.max_scale}], got {init!r}")
+        if bound == "soft" and init in (self.min_scale, self.max_scale):
+            raise ValueError(f"`{init_name}` must lie strictly inside ({self.min_scale}, {self.max_scale}) "
+                             f"with bound='soft' (the sigmoid never reaches its ends), got {init!r}")
+        self.bound: Bound = bound
+        self.learnable = bool(learnable)
+        raw = torch.tensor(self._raw_from_scale(init), dtype=torch.float32)
+        if self.learnable:
+            setattr(self, self.raw_scale_name, nn.Parameter(raw))
+        else:
+            self.register_buffer(self.raw_scale_name, raw)
+        # Fraction of outputs cut by a clamp in the last forward, kept on device
+        # (no sync); subclasses that clamp their output set it.
+        self.clamp_fraction: Optional[Tensor] = None
+
+    def _raw_from_scale(self, scale: float) -> float:
+        if self.bound == "hard":
+            return scale
+        p = (scale - self.min_scale) / (self.max_scale - self.min_scale)
+        return math.log(p / (1.0 - p))
+
+    @property
+    def raw_scale(self) -> Tensor:
+        """The raw tensor the optimizer updates (parameter or buffer)."""
+        return getattr(self, self.raw_scale_name)
+
+    @property
+    def scale(self) -> Tensor:
+        """The effective scale in float32, differentiable w.r.t. the raw tensor."""
+        raw = self.raw_scale.float()
+        if self.bound == "hard":
+            return torch.clamp(raw, self.min_scale, self.max_scale)
+        return self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw)
+
+    @property
+    def scale_bounds(self) -> Tuple[float, float]:
+        return self.min_scale, self.max_scale
+
+    def extra_repr(self) -> str:
+        return (f"min_scale={self.min_scale}, max_scale={self.max_scale}, "
+                f"learnable={self.learnable}, bound={self.bound!r}")
