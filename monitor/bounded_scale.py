@@ -63,7 +63,7 @@ class BoundedScale(nn.Module):
     """
 
     #: attribute under which the raw tensor is registered (and its state_dict key)
-    raw_scale_name: str = "raw_scale"
+    raw_scale_name: str = "raw"
 
     def __init__(self, init: float, min_scale: float, max_scale: float, learnable: bool = True,
                  bound: Bound = "hard", *, init_name: str = "init") -> None:

@@ -16,6 +16,9 @@ ALERT_KINDS = (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE)
 
 # A raw value this close to a bound (relative, a few float32 ulps) counts as at it.
 _AT_BOUND_RTOL = 4 * 2.0 ** -23
+# A gradient this small counts as zero: a saturated softmax leaves float rounding
+# noise of either sign (1e-27 and the like) where the true gradient vanishes.
+ZERO_GRAD_ATOL = 1e-12
 
 
 def check_warn_fraction(warn_fraction: object) -> float:
@@ -51,14 +54,15 @@ def is_pinned(r: Reading) -> bool:
 
     With gradient descent a parameter moves against its gradient, so at the upper
     bound a gradient <= 0 keeps it there or pushes it further out (zero is what a
-    clamp in forward gives); at the lower bound, a gradient >= 0.
+    clamp in forward gives); at the lower bound, a gradient >= 0. Gradients within
+    ``ZERO_GRAD_ATOL`` of zero count as zero.
     """
     if r.bound != "hard" or r.grad is None or not (math.isfinite(r.raw) and math.isfinite(r.grad)):
         return False
     if _at_or_beyond(r.raw, r.max, upper=True):
-        return r.grad <= 0.0
+        return r.grad <= ZERO_GRAD_ATOL
     if _at_or_beyond(r.raw, r.min, upper=False):
-        return r.grad >= 0.0
+        return r.grad >= -ZERO_GRAD_ATOL
     return False
 
 

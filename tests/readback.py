@@ -1,0 +1,58 @@
+"""Read back what loggers wrote to disk, with each tool's own reader."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from scalewatch.monitor import HISTORY_FILENAME, iter_history
+
+
+def history(log_dir: str) -> List[dict]:
+    return list(iter_history(os.path.join(log_dir, HISTORY_FILENAME)))
+
+
+def tensorboard_scalars(log_dir: str, tag: str) -> List[Tuple[int, float]]:
+    ea = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    return [(e.step, e.value) for e in ea.Scalars(tag)]
+
+
+def tensorboard_tags(log_dir: str) -> Dict[str, list]:
+    ea = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    return ea.Tags()
+
+
+def csv_series(log_dir: str, key: str) -> List[Tuple[int, float]]:
+    with open(os.path.join(log_dir, "metrics.csv"), newline="") as f:
+        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(f) if row.get(key) not in (None, "")]
+
+
+def wandb_records(run_dir: str) -> List[dict]:
+    """Every record of an offline W&B run, via `wandb leet inspect --json`."""
+    exe = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def wandb_history(run_dir: str, key: str) -> List[Tuple[int, float]]:
+    rows = []
+    for rec in wandb_records(run_dir):
+        if rec["type"] == "history":
+            item = rec["history"]["item"]
+            if key in item:
+                rows.append((int(item["trainer/global_step"]), float(item[key])))
+    return rows
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
