@@ -224,6 +224,10 @@ class ScaleMonitor(Callback):
             metrics.update(_reading_metrics(r))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                # SummaryWriter flushes every 120 s by default; flush per check so the
+                # live custom-scalars view follows training (a file write, no device sync).
+                logger.experiment.flush()
         if self.history is not None:
             fired: Dict[str, List[str]] = {}
             for a in alerts:

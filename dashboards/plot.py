@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from scalewatch.dashboards.series import ScaleSeries, collect_series, rank_scales  # noqa: E402
+from scalewatch.dashboards.series import ScaleRanking, ScaleSeries, collect_series  # noqa: E402
 from scalewatch.monitor.history import iter_history  # noqa: E402
 
 #: points drawn per line at most; the record itself is never thinned
@@ -47,17 +47,27 @@ def envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_DRAWN_POINTS) -
 
 
 def load_series(source: HistorySource, max_panels: Optional[int] = None) -> Tuple[List[ScaleSeries], int]:
-    """The series to draw (most at risk first) and how many scales were left out."""
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        names, _ = rank_scales(iter_history(path))
-        chosen = names if max_panels is None else names[:max_panels]
-        series = collect_series(iter_history(path), chosen)  # second pass: only what is drawn
-    else:
-        records = list(source)
-        names, _ = rank_scales(records)
-        chosen = names if max_panels is None else names[:max_panels]
-        series = collect_series(records, chosen)
+    """The series to draw (most at risk first) and how many scales were left out.
+
+    One streaming pass collects and ranks; only when a file holds more scales
+    than ``max_panels`` does a second pass collect just the chosen ones, so memory
+    holds the drawn series, never the whole file.
+    """
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    records = iter_history(path) if path is not None else list(source)
+    ranking = ScaleRanking()
+    series: Optional[Dict[str, ScaleSeries]] = {}
+    for rec in records:
+        ranking.add(rec)
+        if series is not None:
+            if rec["name"] not in series and max_panels is not None and len(series) >= max_panels:
+                series = None  # too many scales to keep them all: collect the chosen ones afterwards
+            else:
+                series.setdefault(rec["name"], ScaleSeries(name=rec["name"])).add(rec)
+    names = ranking.ranked()
+    chosen = names if max_panels is None else names[:max_panels]
+    if series is None:
+        series = collect_series(iter_history(path) if path is not None else records, chosen)
     return [series[n] for n in chosen if n in series], len(names) - len(chosen)
 
 
@@ -103,10 +113,11 @@ def _draw_panel(ax: Any, s: ScaleSeries, max_points: int) -> None:
         raw_shown = np.where(outside, raw, np.nan)
         rx, ry = envelope(steps, raw_shown, max_points)
         ax.plot(rx, ry, color="tab:orange", lw=1.2, ls="-", label="raw parameter (outside bounds)", zorder=2)
-    ax.axhline(s.max, color="red", ls="--", lw=1.2, label=f"max = {s.max:g}")
-    ax.axhline(s.min, color="red", ls="--", lw=1.2, label=f"min = {s.min:g}")
+    ax.axhline(s.max, color="red", ls="--", lw=1.2, label=f"max_scale = {s.max:g}")
+    ax.axhline(s.min, color="darkred", ls="--", lw=1.2, label=f"min_scale = {s.min:g}")
     ax.axhline(s.upper_warning, color="goldenrod", ls=":", lw=1.3,
-               label=f"warning = {s.warn_fraction:g} x max = {s.upper_warning:.3g}")
+               label=f"near_upper above {s.warn_fraction:g} x max = {s.upper_warning:.3g}")
+    ax.axhline(s.lower_warning, color="mediumpurple", ls=":", lw=1.1, label=f"near_lower below {s.lower_warning:.3g}")
     for kind in _ALERT_STYLE:
         pts = [(st, v) for st, k, v in s.alerts if k == kind]
         if pts:

@@ -154,9 +154,7 @@ def report_text(summaries: List[ScaleSummary], source: str) -> str:
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
             lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={_g(value)}  range [{_g(s.min)}, {_g(s.max)}]")
-    near = [s for s in summaries if s.near_bound]
-    if near:
-        lines.append("")
-        lines.append("near bound = readings beyond the warning lines "
-                     f"(scale > warn_fraction x max, or < min + (1 - warn_fraction)(max - min))")
+    lines.append("")
+    lines.append("near bound: readings beyond the warning lines (scale > warn_fraction x max, "
+                 "or < min + (1 - warn_fraction)(max - min))")
     return "\n".join(lines)

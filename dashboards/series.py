@@ -62,20 +62,21 @@ def closeness_to_bound(record: Dict[str, Any]) -> float:
     return max(0.0, min(s - lo, hi - s) / (hi - lo))
 
 
-def rank_scales(records: Iterable[Dict[str, Any]]) -> Tuple[List[str], int]:
-    """Order scale names most-at-risk first: alerted ones, then by the closest approach to a bound.
+class ScaleRanking:
+    """Orders scale names most-at-risk first, fed one record at a time.
 
-    Returns the names and the number of records seen (one streaming pass).
+    Alerted scales come first, then by the closest approach to a bound.
     """
-    score: Dict[str, Tuple[int, float]] = {}
-    count = 0
-    for rec in records:
-        count += 1
-        name = rec["name"]
-        alerted, closest = score.get(name, (0, 1.0))
-        score[name] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
-    names = sorted(score, key=lambda n: (-score[n][0], score[n][1], n))
-    return names, count
+
+    def __init__(self) -> None:
+        self._score: Dict[str, Tuple[int, float]] = {}
+
+    def add(self, rec: Dict[str, Any]) -> None:
+        alerted, closest = self._score.get(rec["name"], (0, 1.0))
+        self._score[rec["name"]] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
+
+    def ranked(self) -> List[str]:
+        return sorted(self._score, key=lambda n: (-self._score[n][0], self._score[n][1], n))
 
 
 def collect_series(records: Iterable[Dict[str, Any]], names: Optional[Iterable[str]] = None) -> Dict[str, ScaleSeries]:

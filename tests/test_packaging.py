@@ -1,6 +1,7 @@
 """The wheel installs one import package, `scalewatch`, and nothing bare at the top level."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    # Build from a copy of what the package is made of, so no stale build/ of the checkout leaks in.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("monitor", "callbacks", "dashboards"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     # --no-isolation: build with the setuptools already in the venv (no download)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
                    check=True, capture_output=True, text=True, cwd=str(out))
     wheels = list(out.glob("scalewatch-*.whl"))
     assert len(wheels) == 1

@@ -211,3 +211,19 @@ def test_two_monitors_keep_separate_state(tmp_path):
     mine = [v for k, v in state.items() if k.startswith("ScaleMonitor")]
     assert len(mine) == 2 and sorted(s["last_step"] for s in mine) == [5, 5]
     assert sorted(s["checks"] for s in mine) == [2, 3]
+
+
+def test_wandb_gets_step_metrics_the_plot_and_a_bounds_chart(three_logger_run):
+    records = readback.wandb_records(three_logger_run["wandb"])
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert {"glob_name": f"scalewatch/{GEN}/*", "step_metric": "trainer/global_step"}.items() <= next(
+        m for m in metrics if m.get("glob_name") == f"scalewatch/{GEN}/*").items()
+    final = [r["history"]["item"] for r in records if r["type"] == "history"
+             and "scalewatch/plot._type" in r["history"]["item"]]
+    assert len(final) == 1
+    item = final[0]
+    assert item["scalewatch/plot._type"] == "image-file" and item["trainer/global_step"] == 60
+    assert any(k.startswith(f"scalewatch_charts/{GEN}") for k in item)
+    png = os.path.join(three_logger_run["wandb"], "files", item["scalewatch/plot.path"])
+    with open(png, "rb") as f:
+        assert f.read(4) == b"\x89PNG"

@@ -1,0 +1,242 @@
+"""The ``scalewatch`` command line: plot, report and watch a run's scales.
+
+    scalewatch plot   RUN_DIR [-o FILE]   # scale_history.png from the run's history
+    scalewatch report RUN_DIR [--json]    # last/min/max, time near a bound, alerts
+    scalewatch watch  RUN_DIR             # live view while training writes the history
+
+RUN_DIR is a run's log directory or any folder above it (the newest history
+file below it is used), or a file: a history ``.jsonl``, a TensorBoard event
+file or a CSVLogger ``metrics.csv``. Problems are one line on stderr and a
+non-zero exit code; a torn last line is a warning and the rest is still used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, HISTORY, KINDS,
+                                           TENSORBOARD, Source, SourceError, find_history, find_source, has_records,
+                                           torn_tail)
+from scalewatch.monitor.history import HISTORY_FILENAME
+
+#: the file ``scalewatch plot`` writes by default (the name ScaleMonitor gives it at the end of fit)
+PLOT_FILENAME = "scale_history.png"
+PROG = "scalewatch"
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _warn_problems(source: Source) -> None:
+    if source.problems.torn_last_line or source.problems.bad_count:
+        _warn(f"{source.path}: {source.problems.describe()}")
+
+
+def _source(args: argparse.Namespace) -> Source:
+    return find_source(args.run_dir, kind=args.source, warn_fraction=args.warn_fraction, patience=args.patience)
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the run's scales against their bounds into a PNG."""
+    from scalewatch.dashboards.plot import save_plot  # matplotlib only for this command
+
+    src = _source(args)
+    if not args.quiet:
+        print(f"{PROG}: reading {src.describe()}", file=sys.stderr)
+    data: Any
+    if src.kind == HISTORY:
+        if not has_records(src):
+            raise SourceError(f"{src.path}: no readings in it yet")
+        if torn_tail(src.path):
+            src.problems.torn_last_line = True
+        data = src.path  # plot streams the file itself; the record is never loaded whole
+    else:
+        data = list(src.records())
+        if not data:
+            raise SourceError(f"{src.path}: no scalewatch readings in it")
+    _warn_problems(src)
+    out = args.output or os.path.join(src.directory, PLOT_FILENAME)
+    if os.path.isdir(out):
+        out = os.path.join(out, PLOT_FILENAME)
+    title = args.title or f"scalewatch: scale against its bounds   ({_short(src.path)})"
+    save_plot(data, out, max_panels=None if args.max_panels == 0 else args.max_panels, title=title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _short(path: str, parts: int = 3) -> str:
+    pieces = os.path.abspath(path).split(os.sep)
+    return os.sep.join(pieces[-parts:])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print per scale the last/min/max values, readings near a bound, and the alerts."""
+    from scalewatch.dashboards.report import report_json, report_text, summarize
+
+    src = _source(args)
+    summaries = summarize(src.records())
+    if not summaries:
+        _warn_problems(src)
+        raise SourceError(f"{src.path}: no readings in it yet")
+    if args.json:
+        problems = {"torn_last_line": src.problems.torn_last_line, "bad_lines": src.problems.bad_count}
+        source = {"kind": src.kind, "path": src.path, "note": src.note, "problems": problems}
+        if src.kind != HISTORY:
+            source["alerts_recomputed"] = {"warn_fraction": src.warn_fraction, "patience": src.patience}
+        print(json.dumps(report_json(summaries, source), indent=2))
+    else:
+        print(report_text(summaries, src.describe()))
+    _warn_problems(src)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Follow the run's history file in the terminal until Ctrl-C (or --duration)."""
+    from scalewatch.dashboards.watch import WatchOptions, wait_for_history, watch
+
+    mode = "plain" if args.plain else "live" if args.live else "auto"
+    options = WatchOptions(interval=args.interval, once=args.once, duration=args.duration, mode=mode)
+    if os.path.isfile(args.run_dir) and not args.run_dir.endswith(".jsonl"):
+        raise SourceError(f"{args.run_dir}: watch follows a history file ({HISTORY_FILENAME}), not this one")
+    started = time.monotonic()
+    if args.wait and find_history(args.run_dir) is None:
+        if not args.quiet:
+            print(f"{PROG}: waiting for {HISTORY_FILENAME} to appear under {args.run_dir} ...", file=sys.stderr)
+        path = wait_for_history(args.run_dir, find_history, options)
+        if path is None:
+            raise SourceError(f"{args.run_dir}: no {HISTORY_FILENAME} appeared"
+                              + (f" within {args.duration:g}s" if args.duration is not None else ""))
+        if options.duration is not None:
+            options.duration = max(0.0, options.duration - (time.monotonic() - started))
+    else:
+        try:
+            src = find_source(args.run_dir, kind=HISTORY)
+        except SourceError as err:
+            if os.path.isdir(args.run_dir):
+                raise SourceError(f"{err}; watch follows the file ScaleMonitor writes while training "
+                                  "(use --wait to wait for it)") from err
+            raise
+        path = src.path
+        if src.note and not args.quiet:
+            print(f"{PROG}: following {src.describe()}", file=sys.stderr)
+    return watch(path, options)
+
+
+# ---- arguments --------------------------------------------------------------------------
+
+
+def _bounded(kind: Callable[[str], Any], low: float, what: str, inclusive: bool = True,
+             high: Optional[float] = None) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < low or (not inclusive and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scalewatch`` argument parser with its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Plot, report and watch the learnable, clamped scales a run recorded with ScaleMonitor.",
+        epilog="RUN_DIR: a run's log directory or a folder above it (the newest history file below it is used), "
+               "or one file: a history .jsonl, a TensorBoard event file, a CSVLogger metrics.csv.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("run_dir", metavar="RUN_DIR", help="run log directory (or a parent), or a history/event/csv file")
+    common.add_argument("-q", "--quiet", action="store_true", help="no informational lines on stderr")
+
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("--from", dest="source", choices=KINDS, default=None,
+                         help=f"read only this kind of source (default: the first found of {', '.join(KINDS)})")
+    reading.add_argument("--warn-fraction", type=_bounded(float, 0.0, "a number in (0, 1]", False, 1.0),
+                         default=DEFAULT_WARN_FRACTION, metavar="W",
+                         help=f"for {TENSORBOARD}/{CSV} sources, which keep no alerts: recompute them with this "
+                              f"warn_fraction (default {DEFAULT_WARN_FRACTION})")
+    reading.add_argument("--patience", type=_bounded(int, 1, "an integer >= 1"), default=DEFAULT_PATIENCE,
+                         help=f"... and this pinned patience (default {DEFAULT_PATIENCE})")
+
+    p = sub.add_parser("plot", parents=[common, reading], help="draw the scales against their bounds (PNG)",
+                       description="Draw each scale over the steps against its min/max and warning lines, alerts "
+                                   "marked; from the history file, TensorBoard events or a CSVLogger metrics.csv.")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help=f"where to write (default: {PLOT_FILENAME} next to the source; a directory: inside it)")
+    p.add_argument("--max-panels", type=_bounded(int, 0, "an integer >= 0"), default=6, metavar="N",
+                   help="draw at most N scales, those closest to a bound or alerted (0: all; default 6)")
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(handler=cmd_plot)
+
+    r = sub.add_parser("report", parents=[common, reading], help="last/min/max, time near a bound, alerts",
+                       description="Per scale: last, min and max value, readings beyond the warning lines, "
+                                   "and every alert with its step.")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table (non-finite numbers as null)")
+    r.set_defaults(handler=cmd_report)
+
+    w = sub.add_parser("watch", parents=[common], help="live view of a run while it trains",
+                       description="Follow the run's history file as training appends to it: per scale the value, "
+                                   "raw parameter, gradient, where it stands between min and max, recent values, "
+                                   "and alerts as they arrive. Plain lines when not on a terminal.")
+    w.add_argument("--interval", type=_bounded(float, 0.0, "a number of seconds > 0", False), default=1.0,
+                   metavar="SECONDS", help="refresh interval (default 1)")
+    w.add_argument("--once", action="store_true", help="show the current state once and exit")
+    w.add_argument("--duration", "--timeout", dest="duration", type=_bounded(float, 0.0, "a number of seconds >= 0"),
+                   default=None, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)")
+    w.add_argument("--wait", action="store_true", help="wait for the history file to appear (start watch before the run)")
+    style = w.add_mutually_exclusive_group()
+    style.add_argument("--plain", action="store_true", help="plain lines even on a terminal (logs, grep)")
+    style.add_argument("--live", action="store_true", help="the redrawn view even when not on a terminal")
+    w.set_defaults(handler=cmd_watch)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("scalewatch")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 a problem with the run's data, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SourceError as err:
+        _error(str(err))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `scalewatch report RUN | head`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _error(f"{where}{err.strerror or err}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

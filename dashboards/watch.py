@@ -1,0 +1,468 @@
+"""The live terminal view: follow a history file while training appends to it.
+
+It replaces ``tail -f log | grep "Bias scale"``. On a terminal it draws, with
+``rich``, one row per scale (current value, raw parameter, gradient, a bar of
+where the value stands between min and max, a sparkline of recent values, what
+holds now) and the alerts as they arrive, redrawn in place. Anywhere else (a
+pipe, a log file, a dumb terminal) it prints plain ASCII lines instead: a
+snapshot, then one line per new reading and one per alert.
+
+The file is tailed by byte offset, so each refresh reads only what was
+appended; a line without its newline yet is held back until the rest arrives.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, Iterator, List, Optional, TextIO, Tuple
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from scalewatch.dashboards.series import closeness_to_bound
+from scalewatch.monitor.reading import Reading
+from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning, upper_warning
+
+SPARK_WIDTH = 30
+BAR_WIDTH = 24
+ALERTS_SHOWN = 8
+READ_CHUNK = 1 << 20
+DEFAULT_WARN_FRACTION = 0.9
+
+Alert = Tuple[int, str, str, float]  # (step, name, kind, scale)
+
+
+# ---- following the file ----------------------------------------------------------------
+
+
+class HistoryFollower:
+    """Reads the complete lines appended to a history file since the last read.
+
+    Call :meth:`check` (``True``: the file was replaced or cut back, e.g. on a
+    resume, and is read again from the start), then iterate :meth:`read`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.bad_lines = 0
+        self._pos = 0
+        self._partial = b""
+        self._ident: Optional[Tuple[int, int]] = None
+
+    @property
+    def waiting_for_rest(self) -> bool:
+        """A line was started but not finished (a write in progress, or a run killed mid-write)."""
+        return bool(self._partial.strip())
+
+    def check(self) -> bool:
+        """Look at the file; ``True`` if what was read before no longer stands."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        ident = (st.st_dev, st.st_ino)
+        start_over = self._ident is not None and ident != self._ident
+        if not start_over and st.st_size < self._pos:
+            complete = self._pos - len(self._partial)
+            if st.st_size == complete:  # the writer cut off a torn last line: nothing read is lost
+                self._pos, self._partial = complete, b""
+            else:
+                start_over = True
+        self._ident = ident
+        if start_over:
+            self._pos, self._partial = 0, b""
+        return start_over
+
+    def read(self) -> Iterator[Dict[str, Any]]:
+        """The records of the lines completed since the last read, in chunks (memory stays flat)."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            f.seek(self._pos)
+            while True:
+                data = f.read(READ_CHUNK)
+                if not data:
+                    return
+                self._pos += len(data)
+                lines = (self._partial + data).split(b"\n")
+                self._partial = lines.pop()
+                for line in lines:
+                    record = self._parse(line)
+                    if record is not None:
+                        yield record
+
+    def _parse(self, line: bytes) -> Optional[Dict[str, Any]]:
+        if not line.strip():
+            return None
+        try:
+            record = json.loads(line)
+            if isinstance(record, dict) and "step" in record and "name" in record:
+                return record
+        except ValueError:
+            pass
+        self.bad_lines += 1
+        return None
+
+
+# ---- what is known so far --------------------------------------------------------------
+
+
+@dataclass
+class LiveScale:
+    """One scale: its latest record and its recent values."""
+
+    name: str
+    last: Dict[str, Any]
+    recent: Deque[float] = field(default_factory=lambda: deque(maxlen=SPARK_WIDTH))
+    readings: int = 0
+
+
+class LiveState:
+    """Per scale the latest reading and recent values, plus the alerts seen, in bounded memory."""
+
+    def __init__(self, alerts_kept: int = 200) -> None:
+        self.alerts_kept = alerts_kept
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (the file was replaced or cut back)."""
+        self.scales: Dict[str, LiveScale] = {}
+        self.alerts: Deque[Alert] = deque(maxlen=self.alerts_kept)
+        self.alert_count = 0
+        self.readings = 0
+        self.last_step: Optional[int] = None
+        self.updated: Optional[float] = None
+
+    def add(self, record: Dict[str, Any]) -> List[Alert]:
+        """Take one reading in; return the alerts it carries."""
+        name = str(record["name"])
+        scale = self.scales.get(name)
+        if scale is None:
+            scale = self.scales[name] = LiveScale(name, record)
+        scale.last = record
+        scale.recent.append(_num(record.get("scale")))
+        scale.readings += 1
+        self.readings += 1
+        step = int(record["step"])
+        self.last_step = step if self.last_step is None else max(self.last_step, step)
+        self.updated = time.time()
+        fired = [(step, name, str(kind), _num(record.get("scale"))) for kind in record.get("alerts") or ()]
+        self.alerts.extend(fired)
+        self.alert_count += len(fired)
+        return fired
+
+
+def _num(value: Any) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def holding_now(record: Dict[str, Any]) -> List[str]:
+    """The saturation conditions that hold at this reading (``pinned``: at this check alone)."""
+    scale, raw, lo, hi = (_num(record.get(k)) for k in ("scale", "raw", "min", "max"))
+    grad = None if record.get("grad") is None else _num(record.get("grad"))
+    w = _num(record.get("warn_fraction"))
+    w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
+    if not (math.isfinite(scale) and math.isfinite(raw)) or (grad is not None and not math.isfinite(grad)):
+        return [NON_FINITE]
+    held = []
+    if scale > upper_warning(hi, w):
+        held.append(NEAR_UPPER)
+    if scale < lower_warning(lo, hi, w):
+        held.append(NEAR_LOWER)
+    reading = Reading(step=int(record["step"]), name=str(record["name"]), scale=scale, raw=raw, grad=grad,
+                      min=lo, max=hi, bound=str(record.get("bound") or "hard"))
+    if is_pinned(reading):
+        held.append(PINNED)
+    return held
+
+
+# ---- drawing ---------------------------------------------------------------------------
+
+_SPARK_UNICODE = "▁▂▃▄▅▆▇█"
+_SPARK_ASCII = "_.,-=+*#"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    v = _num(value)
+    return "nan" if math.isnan(v) else f"{v:.4g}"
+
+
+def _position(value: float, lo: float, hi: float, width: int) -> Optional[int]:
+    if not all(math.isfinite(v) for v in (value, lo, hi)) or hi <= lo:
+        return None
+    return min(width - 1, max(0, int((value - lo) / (hi - lo) * width)))
+
+
+def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH) -> Tuple[List[str], Optional[int], str]:
+    """Cell kinds across ``[min, max]`` (``ok``/``warn``), the value's cell, and raw's side (``<``, ``>`` or ``''``)."""
+    lo, hi, scale, raw = (_num(record.get(k)) for k in ("min", "max", "scale", "raw"))
+    w = _num(record.get("warn_fraction"))
+    w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
+    up, down = upper_warning(hi, w), lower_warning(lo, hi, w)
+    cells = []
+    for i in range(width):
+        mid = lo + (i + 0.5) * (hi - lo) / width
+        cells.append("warn" if (mid > up or mid < down) else "ok")
+    side = ""
+    if record.get("bound", "hard") == "hard" and math.isfinite(raw):
+        side = ">" if raw > hi else "<" if raw < lo else ""
+    return cells, _position(scale, lo, hi, width), side
+
+
+def bar_text(record: Dict[str, Any], width: int = BAR_WIDTH, unicode: bool = True) -> Text:
+    """Where the value stands between min and max, warning zones marked, raw beyond a bound flagged."""
+    cells, at, side = bar_cells(record, width)
+    line, mark = ("─", "●") if unicode else ("-", "*")
+    text = Text(f"{_fmt(record.get('min'))} ", style="dim")
+    text.append("◀" if side == "<" and unicode else "<" if side == "<" else " ", style="bold red")
+    for i, kind in enumerate(cells):
+        if i == at:
+            text.append(mark, style="bold " + ("red" if kind == "warn" else "green"))
+        else:
+            text.append(line, style="yellow" if kind == "warn" else "grey50")
+    text.append("▶" if side == ">" and unicode else ">" if side == ">" else " ", style="bold red")
+    text.append(f" {_fmt(record.get('max'))}", style="dim")
+    return text
+
+
+def bar_ascii(record: Dict[str, Any], width: int = 20) -> str:
+    """The bar in plain ASCII: ``0.5 [------~~*] 5 >`` (``~`` warning zone, ``*`` the value)."""
+    cells, at, side = bar_cells(record, width)
+    inner = "".join("*" if i == at else "~" if k == "warn" else "-" for i, k in enumerate(cells))
+    raw = {"<": " raw<min", ">": " raw>max"}.get(side, "")
+    return f"{_fmt(record.get('min'))} [{inner}] {_fmt(record.get('max'))}{raw}"
+
+
+def sparkline(values: Any, lo: float, hi: float, unicode: bool = True) -> str:
+    """Recent values on the fixed ``[lo, hi]`` scale, so a full block means at the top bound."""
+    ramp = _SPARK_UNICODE if unicode else _SPARK_ASCII
+    out = []
+    for v in values:
+        pos = _position(v, lo, hi, len(ramp)) if math.isfinite(lo) and math.isfinite(hi) else None
+        if pos is None:
+            out.append("×" if unicode else "!")
+        else:
+            out.append(ramp[len(ramp) - 1] if v >= hi else ramp[pos])
+    return "".join(out)
+
+
+_STATUS_STYLE = {NEAR_UPPER: "bold yellow", NEAR_LOWER: "bold yellow", PINNED: "bold red", NON_FINITE: "bold red"}
+
+
+def _status(held: List[str]) -> Text:
+    if not held:
+        return Text("ok", style="green")
+    return Text(" ".join(k.replace("_", " ") for k in held), style=_STATUS_STYLE[held[-1]])
+
+
+def _risk_order(scales: List[LiveScale]) -> List[LiveScale]:
+    return sorted(scales, key=lambda s: (not holding_now(s.last), closeness_to_bound(s.last), s.name))
+
+
+def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicode: bool = True,
+           interval: float = 1.0) -> RenderableType:
+    """The whole view: header, one row per scale (the most at risk when they do not fit), alerts."""
+    head = Text(f"scalewatch watch  {follower.path}", style="bold")
+    info = Text()
+    if state.readings == 0:
+        info.append("waiting for the first reading...", style="dim")
+    else:
+        age = time.time() - (state.updated or time.time())
+        info.append(f"{state.readings} reading(s) of {len(state.scales)} scale(s) · last step {state.last_step} · "
+                    f"new data {age:.0f}s ago", style="dim")
+    if follower.waiting_for_rest:
+        info.append(" · a partial last line is waiting for the rest", style="yellow")
+    if follower.bad_lines:
+        info.append(f" · {follower.bad_lines} unreadable line(s) skipped", style="yellow")
+
+    room = max(3, height - ALERTS_SHOWN - 10)
+    scales = list(state.scales.values())
+    shown = scales if len(scales) <= room else _risk_order(scales)[:room]
+    table = Table(expand=False, header_style="bold", pad_edge=False)
+    for col, kw in (("scale", {"overflow": "fold", "max_width": 48}), ("step", {"justify": "right"}),
+                    ("value", {"justify": "right"}), ("raw", {"justify": "right"}), ("grad", {"justify": "right"}),
+                    ("position in [min, max]", {"no_wrap": True}), ("recent", {"no_wrap": True}),
+                    ("now", {"no_wrap": True})):
+        table.add_column(Text(col), **kw)  # Text: "[min, max]" is not markup
+    for s in shown:
+        r = s.last
+        held = holding_now(r)
+        lo, hi, raw = _num(r.get("min")), _num(r.get("max")), _num(r.get("raw"))
+        raw_style = "bold red" if r.get("bound", "hard") == "hard" and (raw > hi or raw < lo) else ""
+        value_style = _STATUS_STYLE.get(held[-1], "") if held else "bold green"
+        table.add_row(Text(s.name), str(r.get("step")), Text(_fmt(r.get("scale")), style=value_style),
+                      Text(_fmt(r.get("raw")), style=raw_style), _fmt(r.get("grad")),
+                      bar_text(r, BAR_WIDTH, unicode), Text(sparkline(s.recent, lo, hi, unicode), style="cyan"),
+                      _status(held))
+    parts: List[RenderableType] = [head, info, table]
+    if len(shown) < len(scales):
+        parts.append(Text(f"... {len(scales) - len(shown)} more scale(s); showing the {len(shown)} closest to a bound",
+                          style="dim"))
+    alerts = list(state.alerts)[-ALERTS_SHOWN:]
+    body = Text()
+    for i, (step, name, kind, value) in enumerate(alerts):
+        body.append(("\n" if i else "") + f"step {step:>7}  ", style="dim")
+        body.append(f"{kind:<10}", style=_STATUS_STYLE.get(kind, "bold red"))
+        body.append(f"  {name}  scale={_fmt(value)}")
+    if not alerts:
+        body.append("none yet", style="green")
+    earlier = state.alert_count - len(alerts)
+    title = f"alerts ({state.alert_count})" + (f", last {len(alerts)} shown" if earlier > 0 else "")
+    parts.append(Panel(body, title=title, title_align="left", border_style="red" if alerts else "green", expand=False))
+    parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
+    return Group(*parts)
+
+
+def plain_line(record: Dict[str, Any]) -> str:
+    """One reading as one ASCII line, for logs and grep."""
+    held = holding_now(record)
+    status = " ".join(k.upper() for k in held) or "ok"
+    return (f"step {record.get('step')}  {record.get('name')}  scale={_fmt(record.get('scale'))}  "
+            f"raw={_fmt(record.get('raw'))}  grad={_fmt(record.get('grad'))}  {bar_ascii(record)}  {status}")
+
+
+def plain_alert(alert: Alert, record: Optional[Dict[str, Any]] = None) -> str:
+    step, name, kind, value = alert
+    where = f"  range [{_fmt(record.get('min'))}, {_fmt(record.get('max'))}]" if record else ""
+    return f"ALERT step {step}  {kind}  {name}  scale={_fmt(value)}{where}"
+
+
+# ---- the loop --------------------------------------------------------------------------
+
+
+@dataclass
+class WatchOptions:
+    """How to watch: refresh interval, stop conditions, and the output style."""
+
+    interval: float = 1.0
+    once: bool = False
+    duration: Optional[float] = None
+    mode: str = "auto"  # auto | live | plain
+
+
+def wait_for_history(run_dir: str, find: Any, options: WatchOptions) -> Optional[str]:
+    """Poll ``find(run_dir)`` until it returns a path or the duration runs out."""
+    deadline = None if options.duration is None else time.monotonic() + options.duration
+    while True:
+        path = find(run_dir)
+        if path is not None:
+            return path
+        if options.once or (deadline is not None and time.monotonic() >= deadline):
+            return None
+        time.sleep(options.interval if deadline is None else max(0.0, min(options.interval, deadline - time.monotonic())))
+
+
+def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """Follow ``path`` until interrupted (or for ``options.duration`` seconds); return an exit code.
+
+    With ``options.once``, shows what is there now and returns (1 if there are no readings).
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    console = Console(file=out, force_terminal=True if options.mode == "live" else None, highlight=False)
+    live = options.mode == "live" or (options.mode == "auto" and console.is_terminal and not console.is_dumb_terminal)
+    unicode = console.encoding.lower().replace("-", "").startswith("utf")
+    follower = HistoryFollower(path)
+    state = LiveState()
+    deadline = None if options.duration is None else time.monotonic() + options.duration
+
+    def catch_up() -> List[Alert]:
+        if follower.check():
+            state.reset()
+        fired: List[Alert] = []
+        for record in follower.read():
+            fired.extend(state.add(record))
+        return fired
+
+    try:
+        catch_up()
+        if options.once:
+            if state.readings == 0:
+                print(f"scalewatch: error: {path}: no readings yet", file=err)
+                return 1
+            if live:
+                console.print(render(state, follower, console.size.height, unicode, options.interval))
+            else:
+                _print_snapshot(state, out)
+        elif live:
+            _follow_live(console, state, follower, options, deadline, catch_up, unicode)
+        else:
+            _follow_plain(out, state, follower, options, deadline)
+    except KeyboardInterrupt:
+        pass
+    if follower.waiting_for_rest:
+        print(f"scalewatch: warning: {path}: the last line is incomplete (was the run killed mid-write?) "
+              "and was not shown", file=err)
+    if follower.bad_lines:
+        print(f"scalewatch: warning: {path}: {follower.bad_lines} unreadable line(s) skipped", file=err)
+    return 0
+
+
+def _sleep_until_next(options: WatchOptions, deadline: Optional[float]) -> bool:
+    """Sleep one interval (less near the deadline); ``False`` once the deadline has passed."""
+    if deadline is None:
+        time.sleep(options.interval)
+        return True
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    time.sleep(min(options.interval, left))
+    return True
+
+
+def _follow_live(console: Console, state: LiveState, follower: HistoryFollower, options: WatchOptions,
+                 deadline: Optional[float], catch_up: Any, unicode: bool) -> None:
+    def view() -> RenderableType:
+        return render(state, follower, console.size.height, unicode, options.interval)
+
+    with Live(view(), console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False,
+              vertical_overflow="visible") as live:
+        while _sleep_until_next(options, deadline):
+            catch_up()
+            live.update(view(), refresh=True)
+
+
+def _print_snapshot(state: LiveState, out: TextIO) -> None:
+    for s in state.scales.values():
+        print(plain_line(s.last), file=out)
+    alerts = list(state.alerts)[-ALERTS_SHOWN:]
+    if state.alert_count > len(alerts):
+        print(f"({state.alert_count - len(alerts)} earlier alert(s) not shown)", file=out)
+    for a in alerts:
+        print(plain_alert(a, state.scales[a[1]].last if a[1] in state.scales else None), file=out)
+    out.flush()
+
+
+def _follow_plain(out: TextIO, state: LiveState, follower: HistoryFollower, options: WatchOptions,
+                  deadline: Optional[float]) -> None:
+    print(f"scalewatch watch: following {follower.path} ({state.readings} reading(s) so far)", file=out)
+    _print_snapshot(state, out)
+    while _sleep_until_next(options, deadline):
+        if follower.check():
+            state.reset()
+            print(f"scalewatch watch: {follower.path} was replaced or cut back; read again from the start", file=out)
+            for record in follower.read():
+                state.add(record)
+            _print_snapshot(state, out)
+            continue
+        for record in follower.read():
+            fired = state.add(record)
+            print(plain_line(record), file=out)
+            for a in fired:
+                print(plain_alert(a, record), file=out)
+        out.flush()
