@@ -138,6 +138,7 @@ class ScaleMonitor(Callback):
         self.log_dir: Optional[str] = None
         self._schedule: Optional[EveryNSteps] = None
         self._resume: Optional[Dict[str, Any]] = None
+        self._tracking = True
 
     @property
     def state_key(self) -> str:
@@ -161,6 +162,17 @@ class ScaleMonitor(Callback):
                            "it will record nothing")
         n = self.every_n_steps or trainer.log_every_n_steps or DEFAULT_EVERY_N_STEPS
         self._schedule = EveryNSteps(n)
+        self._track_clamp_fraction(False)
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            self._track_clamp_fraction(True)  # the modules' own default outside of a monitored fit
+
+    def _track_clamp_fraction(self, on: bool) -> None:
+        self._tracking = on
+        for s in self.scales:
+            if s.module is not None:
+                s.module.track_clamp_fraction = on
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # trainer.log_dir is a collective under DDP: every rank asks.
@@ -186,6 +198,14 @@ class ScaleMonitor(Callback):
                        f"optimizer steps to {self.history_path}")
 
     # ---- reading ------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                             batch_idx: int) -> None:
+        # The clamp fraction is only needed by the forward passes of a check step.
+        if self._schedule is not None:
+            want = self._schedule(trainer.global_step)
+            if want != self._tracking:
+                self._track_clamp_fraction(want)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                                  optimizer: torch.optim.Optimizer) -> None:

@@ -76,8 +76,9 @@ class AttentionBiasGenerator(BoundedScale):
         with torch.autocast(device_type=weights.device.type, enabled=False):
             pre = weights.float() * self.scale
             bias = torch.clamp(pre, -self.bias_limit, self.bias_limit)
-            # Kept on device: the monitor reads it on check steps only (no sync here).
-            self.clamp_fraction = (pre.detach().abs() >= self.bias_limit).float().mean()
+            if self.track_clamp_fraction:
+                # Kept on device: the monitor reads it on check steps only (no sync here).
+                self.clamp_fraction = (pre.detach().abs() >= self.bias_limit).float().mean()
         if self.fp16:
             bias = bias.to(weights.dtype)
         if not self.use_local_bias:

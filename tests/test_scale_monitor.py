@@ -227,3 +227,22 @@ def test_wandb_gets_step_metrics_the_plot_and_a_bounds_chart(three_logger_run):
     png = os.path.join(three_logger_run["wandb"], "files", item["scalewatch/plot.path"])
     with open(png, "rb") as f:
         assert f.read(4) == b"\x89PNG"
+
+
+def test_clamp_fraction_is_computed_on_check_steps_only(tmp_path):
+    class Spy(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append(id(pl_module.head.attention_bias_generator.clamp_fraction))
+
+    spy = Spy()
+    model = DriftModel(lr=2.0, bias_scale=3.5, min_scale=1.0, max_scale=8.0)  # the aggressive preset's bounds
+    trainer(tmp_path, max_steps=20, callbacks=[ScaleMonitor(every_n_steps=5), spy]).fit(model)
+    changed = [i for i in range(1, len(spy.seen)) if spy.seen[i] != spy.seen[i - 1]]
+    assert changed == [4, 9, 14, 19]  # a new tensor only in the forward of a check step
+    hist = readback.history(str(tmp_path))
+    # above a scale of 5 the final +-5 clamp cuts the largest bias entries, and that is recorded
+    assert hist[-1]["scale"] > 5.0 and hist[-1]["clamp_fraction"] > 0.0
+    assert model.head.attention_bias_generator.track_clamp_fraction is True  # restored after fit
