@@ -190,12 +190,27 @@ class ScaleMonitor(Callback):
         # Runs after a checkpoint's state was restored, whatever the strategy.
         if not trainer.is_global_zero or self.history_path is None:
             return
+        if self._resume is None:
+            self._set_aside_earlier_history()
         self.history = HistorySink(self.history_path)
         if self._resume is not None:
             self.history.resume(self._resume.get("history_path"), self._resume["last_step"])
             self._resume = None
         rank_zero_info(f"scalewatch: recording {len(self.scales)} scale(s) every {self._schedule.every_n_steps} "
                        f"optimizer steps to {self.history_path}")
+
+    def _set_aside_earlier_history(self) -> None:
+        # A fresh (not resumed) fit into a directory that already holds a history, e.g.
+        # a reused default_root_dir: keep the old record under another name instead of
+        # mixing two runs' steps in one file.
+        path = self.history_path
+        if path and os.path.isfile(path) and os.path.getsize(path) > 0:
+            stem, ext = os.path.splitext(path)
+            n = 1
+            while os.path.exists(f"{stem}.previous-{n}{ext}"):
+                n += 1
+            os.replace(path, f"{stem}.previous-{n}{ext}")
+            rank_zero_info(f"scalewatch: kept the earlier history of this directory as {stem}.previous-{n}{ext}")
 
     # ---- reading ------------------------------------------------------------------------
 

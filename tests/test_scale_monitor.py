@@ -1,5 +1,6 @@
 """ScaleMonitor on real Trainers with real loggers, read back from disk."""
 import glob
+import json
 import logging
 import math
 import os
@@ -246,3 +247,11 @@ def test_clamp_fraction_is_computed_on_check_steps_only(tmp_path):
     # above a scale of 5 the final +-5 clamp cuts the largest bias entries, and that is recorded
     assert hist[-1]["scale"] > 5.0 and hist[-1]["clamp_fraction"] > 0.0
     assert model.head.attention_bias_generator.track_clamp_fraction is True  # restored after fit
+
+
+def test_a_fresh_fit_into_a_used_directory_keeps_the_earlier_history_aside(tmp_path):
+    trainer(tmp_path, max_steps=4, callbacks=[ScaleMonitor(every_n_steps=1)]).fit(DriftModel())
+    trainer(tmp_path, max_steps=6, callbacks=[ScaleMonitor(every_n_steps=2)]).fit(DriftModel())
+    assert [r["step"] for r in readback.history(str(tmp_path))] == [1, 3, 5]
+    earlier = [json.loads(line)["step"] for line in open(tmp_path / "scalewatch_history.previous-1.jsonl")]
+    assert earlier == [0, 1, 2, 3]
