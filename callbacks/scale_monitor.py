@@ -16,6 +16,7 @@ from scalewatch.callbacks.alert_sinks import send_alerts
 from scalewatch.callbacks.history_sink import HistorySink
 from scalewatch.dashboards import plot as plotting
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
+from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.monitor.reading import Reading, read_scales
 from scalewatch.monitor.saturation import Alert, SaturationTracker, check_patience, check_warn_fraction
@@ -26,7 +27,6 @@ from scalewatch.monitor.watched_scale import (WatchedScale, check_param_bounds, 
 log = logging.getLogger("scalewatch")
 
 ON_SATURATION = ("warn", "stop")
-PLOT_FILENAME = "scale_history.png"
 #: used when the trainer logs nothing (log_every_n_steps=0)
 DEFAULT_EVERY_N_STEPS = 50
 
@@ -267,7 +267,7 @@ class ScaleMonitor(Callback):
             fired: Dict[str, List[str]] = {}
             for a in alerts:
                 fired.setdefault(a.name, []).append(a.kind)
-            self.history.append([dict(r.to_record(), warn_fraction=self.warn_fraction,
+            self.history.append([dict(r.to_record(), warn_fraction=self.warn_fraction, patience=self.patience,
                                       alerts=fired.get(r.name, [])) for r in readings])
 
     # ---- the end: plots -----------------------------------------------------------------

@@ -1,9 +1,24 @@
 """Turns history into pictures and views: plots, TensorBoard layout, W&B charts, the CLI.
 
-Imports scalewatch.monitor, never scalewatch.callbacks.
+Imports scalewatch.monitor, never scalewatch.callbacks. Names load on first use, so
+the command line starts without matplotlib unless it draws.
 """
-from scalewatch.dashboards.plot import plot_history, save_plot
-from scalewatch.dashboards.series import ScaleSeries, collect_series
-from scalewatch.dashboards.tensorboard_layout import margin_layout
+import importlib
+from typing import Any
 
-__all__ = ["ScaleSeries", "collect_series", "margin_layout", "plot_history", "save_plot"]
+_EXPORTS = {
+    "PLOT_FILENAME": "scalewatch.dashboards.filenames",
+    "ScaleSeries": "scalewatch.dashboards.series",
+    "collect_series": "scalewatch.dashboards.series",
+    "margin_layout": "scalewatch.dashboards.tensorboard_layout",
+    "plot_history": "scalewatch.dashboards.plot",
+    "save_plot": "scalewatch.dashboards.plot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scalewatch.dashboards' has no attribute {name!r}")

@@ -16,15 +16,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, HISTORY, KINDS,
                                            TENSORBOARD, Source, SourceError, find_history, find_source, has_records,
                                            torn_tail)
 from scalewatch.monitor.history import HISTORY_FILENAME
+from scalewatch.dashboards.filenames import PLOT_FILENAME
 
-#: the file ``scalewatch plot`` writes by default (the name ScaleMonitor gives it at the end of fit)
-PLOT_FILENAME = "scale_history.png"
 PROG = "scalewatch"
 
 
@@ -70,7 +69,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = args.output or os.path.join(src.directory, PLOT_FILENAME)
     if os.path.isdir(out):
         out = os.path.join(out, PLOT_FILENAME)
-    title = args.title or f"scalewatch: scale against its bounds   ({_short(src.path)})"
+    title = args.title or f"scalewatch: scale against its bounds   ({_short(src.directory)})"
     save_plot(data, out, max_panels=None if args.max_panels == 0 else args.max_panels, title=title)
     print(f"wrote {out}")
     return 0
@@ -160,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("run_dir", metavar="RUN_DIR", help="run log directory (or a parent), or a history/event/csv file")
+    common.add_argument("run_dir", metavar="RUN_DIR",
+                        help="run log directory (or a parent), or a history/event/csv file")
     common.add_argument("-q", "--quiet", action="store_true", help="no informational lines on stderr")
 
     reading = argparse.ArgumentParser(add_help=False)
@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="show the current state once and exit")
     w.add_argument("--duration", "--timeout", dest="duration", type=_bounded(float, 0.0, "a number of seconds >= 0"),
                    default=None, metavar="SECONDS", help="stop after this long (default: until Ctrl-C)")
-    w.add_argument("--wait", action="store_true", help="wait for the history file to appear (start watch before the run)")
+    w.add_argument("--wait", action="store_true",
+                   help="wait for the history file to appear (start watch before the run)")
     style = w.add_mutually_exclusive_group()
     style.add_argument("--plain", action="store_true", help="plain lines even on a terminal (logs, grep)")
     style.add_argument("--live", action="store_true", help="the redrawn view even when not on a terminal")

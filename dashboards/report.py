@@ -112,7 +112,8 @@ def summarize(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
 
 def report_json(summaries: List[ScaleSummary], source: Dict[str, Any]) -> Dict[str, Any]:
     """The whole report as a JSON-ready dict; ``source`` says what was read."""
-    return {"source": source, "readings": sum(s.readings for s in summaries), "scales": [s.to_json() for s in summaries],
+    return {"source": source, "readings": sum(s.readings for s in summaries),
+            "scales": [s.to_json() for s in summaries],
             "alerts": [{"step": st, "name": s.name, "kind": k, "scale": _js(v)}
                        for st, s, k, v in _all_alerts(summaries)]}
 

@@ -123,7 +123,8 @@ def find_source(run_dir: str, kind: Optional[str] = None, warn_fraction: float =
     if os.path.isfile(run_dir):
         found = _kind_of_file(run_dir)
         if found is None or (kind is not None and kind != found):
-            want = kind or "a history .jsonl, a TensorBoard event file or a metrics.csv"
+            labels = {HISTORY: "a history .jsonl", TENSORBOARD: "a TensorBoard event file", CSV: "a metrics.csv"}
+            want = labels[kind] if kind else f"{labels[HISTORY]}, {labels[TENSORBOARD]} or {labels[CSV]}"
             raise SourceError(f"{run_dir}: not {want}")
         acc = None
         if found == TENSORBOARD:

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Iterator, List, Optional, TextIO, Tuple
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -29,7 +30,8 @@ from rich.text import Text
 
 from scalewatch.dashboards.series import closeness_to_bound
 from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning, upper_warning
+from scalewatch.monitor.saturation import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning,
+                                           upper_warning)
 
 SPARK_WIDTH = 30
 BAR_WIDTH = 24
@@ -56,6 +58,8 @@ class HistoryFollower:
         self._pos = 0
         self._partial = b""
         self._ident: Optional[Tuple[int, int]] = None
+        #: when the file was last written (``None`` before it exists)
+        self.mtime: Optional[float] = None
 
     @property
     def waiting_for_rest(self) -> bool:
@@ -69,6 +73,7 @@ class HistoryFollower:
         except FileNotFoundError:
             return False
         ident = (st.st_dev, st.st_ino)
+        self.mtime = st.st_mtime
         start_over = self._ident is not None and ident != self._ident
         if not start_over and st.st_size < self._pos:
             complete = self._pos - len(self._partial)
@@ -141,7 +146,6 @@ class LiveState:
         self.alert_count = 0
         self.readings = 0
         self.last_step: Optional[int] = None
-        self.updated: Optional[float] = None
 
     def add(self, record: Dict[str, Any]) -> List[Alert]:
         """Take one reading in; return the alerts it carries."""
@@ -155,7 +159,6 @@ class LiveState:
         self.readings += 1
         step = int(record["step"])
         self.last_step = step if self.last_step is None else max(self.last_step, step)
-        self.updated = time.time()
         fired = [(step, name, str(kind), _num(record.get("scale"))) for kind in record.get("alerts") or ()]
         self.alerts.extend(fired)
         self.alert_count += len(fired)
@@ -267,53 +270,124 @@ _STATUS_STYLE = {NEAR_UPPER: "bold yellow", NEAR_LOWER: "bold yellow", PINNED: "
 def _status(held: List[str]) -> Text:
     if not held:
         return Text("ok", style="green")
-    return Text(" ".join(k.replace("_", " ") for k in held), style=_STATUS_STYLE[held[-1]])
+    return Text("\n".join(_STATUS_LABEL[k] for k in held), style=_STATUS_STYLE[held[-1]])
 
 
-def _risk_order(scales: List[LiveScale]) -> List[LiveScale]:
-    return sorted(scales, key=lambda s: (not holding_now(s.last), closeness_to_bound(s.last), s.name))
+_STATUS_LABEL = {NEAR_UPPER: "near max", NEAR_LOWER: "near min", PINNED: "pinned", NON_FINITE: "not finite"}
+
+
+def _left_cut(text: str, width: int, unicode: bool = True) -> str:
+    """Keep the end of a long module path, where scales differ (``...layers.3.attn.bias``)."""
+    dots = "…" if unicode else "..."
+    return text if len(text) <= width else dots + text[-(width - len(dots)):]
+
+
+def scale_table(shown: List[LiveScale], width: int, unicode: bool = True) -> Table:
+    """One row per scale, its columns sized to ``width``: the sparkline goes first when space is short."""
+    rows = []
+    for s in shown:
+        r = s.last
+        held = holding_now(r)
+        lo, hi, raw = _num(r.get("min")), _num(r.get("max")), _num(r.get("raw"))
+        rows.append((s, r, held, lo, hi, raw))
+    cells = [[str(r.get("step")), _fmt(r.get("scale")), _fmt(r.get("raw")), _fmt(r.get("grad"))] for _, r, *_ in rows]
+    fixed = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(("step", "value", "raw", "grad"))]
+    now_w = max([3] + [len(_STATUS_LABEL[k]) for *_, held, _lo, _hi, _raw in rows for k in held] + [2])
+    labels = max([0] + [len(_fmt(r.get("min"))) + len(_fmt(r.get("max"))) for _, r, *_ in rows]) + 4
+    gap = 3  # column divider and padding
+    show_step = show_now = True
+    rest = width - sum(fixed) - now_w - 7 * gap - 1
+    if rest < 45:  # a narrow terminal: the header has the step, the value's colour the state
+        show_step, rest = False, rest + fixed[0] + gap
+    if rest < 45:
+        show_now, rest = False, rest + now_w + gap
+    name_need = max([5] + [len(s.name) for s in shown])
+    name_w = min(name_need, 40, max(10, rest - 10 - labels))
+    left = rest - name_w - 10 - labels
+    spark_w = min(20, left - gap) if left - gap >= 10 else 0
+    left -= spark_w + gap if spark_w else 0
+    bar_w = 10 + max(0, min(BAR_WIDTH - 10, left))
+    left -= bar_w - 10
+    if spark_w:
+        grow = max(0, min(SPARK_WIDTH - spark_w, left))
+        spark_w, left = spark_w + grow, left - grow
+    name_w += max(0, min(left, name_need - name_w))
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", expand=False)
+    table.add_column(Text("scale"), width=name_w, no_wrap=True)
+    for head, w in zip(("step", "value", "raw", "grad"), fixed):
+        if head != "step" or show_step:
+            table.add_column(Text(head), justify="right", width=w, no_wrap=True)
+    table.add_column(Text("in [min, max]"), width=bar_w + labels, no_wrap=True)  # Text: not markup
+    if spark_w:
+        table.add_column(Text("recent"), width=spark_w, no_wrap=True)
+    if show_now:
+        table.add_column(Text("now"), width=now_w)
+    for (s, r, held, lo, hi, raw), (step, value, raw_text, grad) in zip(rows, cells):
+        raw_style = "bold red" if r.get("bound", "hard") == "hard" and (raw > hi or raw < lo) else ""
+        value_style = _STATUS_STYLE.get(held[-1], "") if held else "bold green"
+        row = [Text(_left_cut(s.name, name_w, unicode))] + ([step] if show_step else [])
+        row += [Text(value, style=value_style), Text(raw_text, style=raw_style), grad, bar_text(r, bar_w, unicode)]
+        if spark_w:
+            row.append(Text(sparkline(list(s.recent)[-spark_w:], lo, hi, unicode), style="cyan"))
+        if show_now:
+            row.append(_status(held))
+        table.add_row(*row)
+    return table
+
+
+def _fitting(scales: List[LiveScale], room: int) -> List[LiveScale]:
+    """All scales in their order if their rows fit ``room`` lines, else the most at risk that do."""
+    lines = {s.name: max(1, len(holding_now(s.last))) for s in scales}  # the state column wraps
+    if sum(lines.values()) <= room:
+        return scales
+    ordered = sorted(scales, key=lambda s: (not holding_now(s.last), closeness_to_bound(s.last), s.name))
+    shown, used = [], 0
+    for s in ordered:
+        if used + lines[s.name] > room:
+            break
+        shown.append(s)
+        used += lines[s.name]
+    return shown
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicode: bool = True,
-           interval: float = 1.0) -> RenderableType:
+           interval: Optional[float] = 1.0, width: int = 120) -> RenderableType:
     """The whole view: header, one row per scale (the most at risk when they do not fit), alerts."""
+    dot = " · " if unicode else " | "
     head = Text(f"scalewatch watch  {follower.path}", style="bold")
     info = Text()
     if state.readings == 0:
         info.append("waiting for the first reading...", style="dim")
     else:
-        age = time.time() - (state.updated or time.time())
-        info.append(f"{state.readings} reading(s) of {len(state.scales)} scale(s) · last step {state.last_step} · "
-                    f"new data {age:.0f}s ago", style="dim")
+        info.append(f"{state.readings} reading(s) of {len(state.scales)} scale(s){dot}last step {state.last_step}",
+                    style="dim")
+        if follower.mtime is not None:
+            info.append(f"{dot}file written {_ago(time.time() - follower.mtime)} ago", style="dim")
     if follower.waiting_for_rest:
-        info.append(" · a partial last line is waiting for the rest", style="yellow")
+        info.append(f"{dot}a partial last line is waiting for the rest", style="yellow")
     if follower.bad_lines:
-        info.append(f" · {follower.bad_lines} unreadable line(s) skipped", style="yellow")
+        info.append(f"{dot}{follower.bad_lines} unreadable line(s) skipped", style="yellow")
 
-    room = max(3, height - ALERTS_SHOWN - 10)
+    alerts = list(state.alerts)[-ALERTS_SHOWN:]
+    # header 2, table head 2, alerts panel, "... more" line, footer, 1 spare
+    room = max(3, height - 2 - 2 - (max(1, len(alerts)) + 2) - 1 - 1 - 1)
     scales = list(state.scales.values())
-    shown = scales if len(scales) <= room else _risk_order(scales)[:room]
-    table = Table(expand=False, header_style="bold", pad_edge=False)
-    for col, kw in (("scale", {"overflow": "fold", "max_width": 48}), ("step", {"justify": "right"}),
-                    ("value", {"justify": "right"}), ("raw", {"justify": "right"}), ("grad", {"justify": "right"}),
-                    ("position in [min, max]", {"no_wrap": True}), ("recent", {"no_wrap": True}),
-                    ("now", {"no_wrap": True})):
-        table.add_column(Text(col), **kw)  # Text: "[min, max]" is not markup
-    for s in shown:
-        r = s.last
-        held = holding_now(r)
-        lo, hi, raw = _num(r.get("min")), _num(r.get("max")), _num(r.get("raw"))
-        raw_style = "bold red" if r.get("bound", "hard") == "hard" and (raw > hi or raw < lo) else ""
-        value_style = _STATUS_STYLE.get(held[-1], "") if held else "bold green"
-        table.add_row(Text(s.name), str(r.get("step")), Text(_fmt(r.get("scale")), style=value_style),
-                      Text(_fmt(r.get("raw")), style=raw_style), _fmt(r.get("grad")),
-                      bar_text(r, BAR_WIDTH, unicode), Text(sparkline(s.recent, lo, hi, unicode), style="cyan"),
-                      _status(held))
+    shown = _fitting(scales, room)
+    table = scale_table(shown, width, unicode)
     parts: List[RenderableType] = [head, info, table]
     if len(shown) < len(scales):
         parts.append(Text(f"... {len(scales) - len(shown)} more scale(s); showing the {len(shown)} closest to a bound",
                           style="dim"))
-    alerts = list(state.alerts)[-ALERTS_SHOWN:]
     body = Text()
     for i, (step, name, kind, value) in enumerate(alerts):
         body.append(("\n" if i else "") + f"step {step:>7}  ", style="dim")
@@ -324,7 +398,8 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
     earlier = state.alert_count - len(alerts)
     title = f"alerts ({state.alert_count})" + (f", last {len(alerts)} shown" if earlier > 0 else "")
     parts.append(Panel(body, title=title, title_align="left", border_style="red" if alerts else "green", expand=False))
-    parts.append(Text(f"refresh every {interval:g}s · Ctrl-C to quit", style="dim"))
+    if interval is not None:
+        parts.append(Text(f"refresh every {interval:g}s{dot}Ctrl-C to quit", style="dim"))
     return Group(*parts)
 
 
@@ -364,7 +439,8 @@ def wait_for_history(run_dir: str, find: Any, options: WatchOptions) -> Optional
             return path
         if options.once or (deadline is not None and time.monotonic() >= deadline):
             return None
-        time.sleep(options.interval if deadline is None else max(0.0, min(options.interval, deadline - time.monotonic())))
+        left = options.interval if deadline is None else deadline - time.monotonic()
+        time.sleep(max(0.0, min(options.interval, left)))
 
 
 def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
@@ -396,7 +472,7 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
                 print(f"scalewatch: error: {path}: no readings yet", file=err)
                 return 1
             if live:
-                console.print(render(state, follower, console.size.height, unicode, options.interval))
+                console.print(render(state, follower, console.size.height, unicode, None, console.size.width))
             else:
                 _print_snapshot(state, out)
         elif live:
@@ -406,8 +482,8 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
     except KeyboardInterrupt:
         pass
     if follower.waiting_for_rest:
-        print(f"scalewatch: warning: {path}: the last line is incomplete (was the run killed mid-write?) "
-              "and was not shown", file=err)
+        print(f"scalewatch: warning: {path}: the last line is incomplete (a write in progress, or a run killed "
+              "mid-write) and was not shown", file=err)
     if follower.bad_lines:
         print(f"scalewatch: warning: {path}: {follower.bad_lines} unreadable line(s) skipped", file=err)
     return 0
@@ -428,10 +504,9 @@ def _sleep_until_next(options: WatchOptions, deadline: Optional[float]) -> bool:
 def _follow_live(console: Console, state: LiveState, follower: HistoryFollower, options: WatchOptions,
                  deadline: Optional[float], catch_up: Any, unicode: bool) -> None:
     def view() -> RenderableType:
-        return render(state, follower, console.size.height, unicode, options.interval)
+        return render(state, follower, console.size.height, unicode, options.interval, console.size.width)
 
-    with Live(view(), console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False,
-              vertical_overflow="visible") as live:
+    with Live(view(), console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False) as live:
         while _sleep_until_next(options, deadline):
             catch_up()
             live.update(view(), refresh=True)

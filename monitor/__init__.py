@@ -1,21 +1,35 @@
 """Framework-free core of scalewatch: bounded scales, reading them, saturation rules, history.
 
-Imports torch only (no Lightning, no plotting).
+Imports torch only (no Lightning, no plotting). Names load on first use, so tools
+that only read a history (the command line) start without importing torch.
 """
-from scalewatch.monitor.attention_bias import SOFTMAX_EDGE, AttentionBiasGenerator
-from scalewatch.monitor.bounded_scale import BoundedScale, check_bounds
-from scalewatch.monitor.history import HISTORY_FILENAME, HistoryWriter, ReadProblems, copy_history, iter_history
-from scalewatch.monitor.learnable_scale import LearnableScale
-from scalewatch.monitor.presets import PRESETS, preset
-from scalewatch.monitor.reading import Reading, read_scales
-from scalewatch.monitor.schedule import EveryNSteps
-from scalewatch.monitor.saturation import (ALERT_KINDS, NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, Alert,
-                                           SaturationTracker, is_pinned, lower_warning, upper_warning)
-from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
+import importlib
+from typing import Any
 
-__all__ = [
-    "ALERT_KINDS", "Alert", "EveryNSteps", "AttentionBiasGenerator", "BoundedScale", "HISTORY_FILENAME", "HistoryWriter",
-    "LearnableScale", "NEAR_LOWER", "NEAR_UPPER", "NON_FINITE", "PINNED", "PRESETS", "ReadProblems", "Reading",
-    "SOFTMAX_EDGE", "SaturationTracker", "WatchedScale", "check_bounds", "copy_history", "find_bounded_scales",
-    "is_pinned", "iter_history", "lower_warning", "preset", "read_scales", "upper_warning", "watch_parameters",
-]
+_EXPORTS = {
+    "AttentionBiasGenerator": "attention_bias", "SOFTMAX_EDGE": "attention_bias",
+    "BoundedScale": "bounded_scale",
+    "check_bounds": "validation",
+    "HISTORY_FILENAME": "history", "HistoryWriter": "history", "ReadProblems": "history",
+    "copy_history": "history", "iter_history": "history",
+    "LearnableScale": "learnable_scale",
+    "PRESETS": "presets", "preset": "presets",
+    "Reading": "reading", "read_scales": "reading",
+    "EveryNSteps": "schedule",
+    "ALERT_KINDS": "saturation", "NEAR_LOWER": "saturation", "NEAR_UPPER": "saturation",
+    "NON_FINITE": "saturation", "PINNED": "saturation", "Alert": "saturation", "SaturationTracker": "saturation",
+    "is_pinned": "saturation", "lower_warning": "saturation", "upper_warning": "saturation",
+    "WatchedScale": "watched_scale", "find_bounded_scales": "watched_scale", "watch_parameters": "watched_scale",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"scalewatch.monitor.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'scalewatch.monitor' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return __all__

@@ -5,8 +5,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
-from scalewatch.monitor.bounded_scale import check_finite_number
-from scalewatch.monitor.reading import Reading
+from typing import TYPE_CHECKING
+
+from scalewatch.monitor.validation import check_finite_number
+
+if TYPE_CHECKING:  # torch-free at run time: the command line imports these rules
+    from scalewatch.monitor.reading import Reading
 
 NEAR_UPPER = "near_upper"
 NEAR_LOWER = "near_lower"

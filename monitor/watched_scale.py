@@ -7,7 +7,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from scalewatch.monitor.bounded_scale import BoundedScale, check_bounds
+from scalewatch.monitor.bounded_scale import BoundedScale
+from scalewatch.monitor.validation import check_bounds
 
 
 @dataclass(eq=False)

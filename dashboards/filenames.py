@@ -1,0 +1,7 @@
+"""Names of the files a run's dashboards read and write (kept free of heavy imports)."""
+from scalewatch.monitor.history import HISTORY_FILENAME
+
+#: the scale-against-bounds plot, written next to the history file
+PLOT_FILENAME = "scale_history.png"
+
+__all__ = ["HISTORY_FILENAME", "PLOT_FILENAME"]
