@@ -23,11 +23,16 @@ def send_alerts(alerts: Sequence[Alert], trainer: "pl.Trainer", user_fn: Optiona
             user_fn(alert)
 
 
+#: seconds W&B waits before it sends another alert of the same title. Each alert here is a
+#: new crossing, so none may be dropped; W&B reads 0 as "use the default" (one minute).
+WANDB_WAIT_DURATION = 0.001
+
+
 def _wandb_alert(logger: WandbLogger, alert: Alert) -> None:
     import wandb
 
     try:
         logger.experiment.alert(title=f"scalewatch {alert.kind}: {alert.name}", text=alert.message,
-                                level=wandb.AlertLevel.WARN, wait_duration=0)
+                                level=wandb.AlertLevel.WARN, wait_duration=WANDB_WAIT_DURATION)
     except Exception as err:  # an alert must never end training
         log.warning("scalewatch could not send a W&B alert: %s", err)

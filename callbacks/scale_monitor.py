@@ -188,14 +188,21 @@ class ScaleMonitor(Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # Runs after a checkpoint's state was restored, whatever the strategy.
+        fresh = self._resume is None and trainer.global_step == 0
+        if fresh:  # a monitor reused for a new run starts its position and alerts anew
+            self.last_step, self.checks = -1, 0
+            self.tracker.load_state_dict({})
         if not trainer.is_global_zero or self.history_path is None:
+            self._resume = None
             return
-        if self._resume is None:
+        if fresh:
             self._set_aside_earlier_history()
         self.history = HistorySink(self.history_path)
         if self._resume is not None:
             self.history.resume(self._resume.get("history_path"), self._resume["last_step"])
             self._resume = None
+        elif not fresh:  # another fit() of the same trainer goes on from its global_step
+            self.history.resume(self.history_path, self.last_step)
         rank_zero_info(f"scalewatch: recording {len(self.scales)} scale(s) every {self._schedule.every_n_steps} "
                        f"optimizer steps to {self.history_path}")
 

@@ -15,6 +15,15 @@ STEP_METRIC = "trainer/global_step"
 MAX_CHART_POINTS = 1000
 
 
+def _wandb() -> Any:
+    try:
+        import wandb
+    except ImportError as err:
+        raise ModuleNotFoundError("scalewatch's W&B charts need wandb: pip install 'scalewatch[wandb]' "
+                                  "(or pip install wandb)") from err
+    return wandb
+
+
 def define_scale_metrics(run: Any, names: Sequence[str]) -> None:
     """Plot every ``scalewatch/NAME/*`` key against the trainer step, per scale."""
     try:
@@ -27,7 +36,7 @@ def define_scale_metrics(run: Any, names: Sequence[str]) -> None:
 
 def bounds_charts(source: Union[str, Iterable[Dict[str, Any]]], max_panels: int = 6) -> Dict[str, Any]:
     """One W&B line chart per scale: scale, min, max and the warning line over steps."""
-    import wandb
+    wandb = _wandb()
 
     series, _ = load_series(source, max_panels)
     charts = {}
@@ -44,7 +53,7 @@ def bounds_charts(source: Union[str, Iterable[Dict[str, Any]]], max_panels: int 
 
 def log_plot(logger: Any, fig: Any, source: Union[str, Iterable[Dict[str, Any]]], step: int, final: bool) -> None:
     """Send the matplotlib plot as an image, and at the end of fit the bounds charts."""
-    import wandb
+    wandb = _wandb()
 
     try:
         payload: Dict[str, Any] = {"scalewatch/plot": wandb.Image(fig)}

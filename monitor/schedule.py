@@ -1,11 +1,13 @@
 """When to read: small schedule objects over optimizer steps (as in Cockpit)."""
 from __future__ import annotations
 
+import numbers
+
 
 def check_every_n_steps(every_n_steps: object) -> int:
-    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, numbers.Integral) or every_n_steps < 1:
         raise ValueError(f"`every_n_steps` must be an integer >= 1, got {every_n_steps!r}")
-    return every_n_steps
+    return int(every_n_steps)
 
 
 class EveryNSteps:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Tuple
 
 
 def check_finite_number(name: str, value: object) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a real number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be finite, got {value!r}")
