@@ -24,10 +24,15 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Interleaved A/B overhead, check-step scaling and memory benchmarks (a few minutes);
+# prints the tables, writes JSON and Markdown to benchmarks/results/ (git-ignored).
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) demo_runs lightning_logs .pytest_cache

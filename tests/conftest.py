@@ -14,5 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py and helpers
 
 
 @pytest.fixture(autouse=True)
-def _quiet_lightning_tips(monkeypatch):
-    monkeypatch.setenv("PL_DISABLE_FORK", "1")
+def _no_inherited_wandb_service():
+    # A W&B run leaves WANDB_SERVICE in os.environ; a subprocess that inherits it would
+    # attach to this process's service and write no offline run of its own.
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
