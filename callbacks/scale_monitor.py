@@ -158,8 +158,9 @@ class ScaleMonitor(Callback):
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
         if not self.scales:
-            rank_zero_warn("ScaleMonitor found no bounded scale in the model and no `params` were given; "
-                           "it will record nothing")
+            rank_zero_warn("ScaleMonitor found no bounded scale (AttentionBiasGenerator, LearnableScale, ...) in "
+                           f"{type(pl_module).__name__} and no `params` were given, so it records nothing; watch a "
+                           "bare parameter with ScaleMonitor(params={'logit_scale': (0.0, 4.6052)})")
         n = self.every_n_steps or trainer.log_every_n_steps or DEFAULT_EVERY_N_STEPS
         self._schedule = EveryNSteps(n)
         self._track_clamp_fraction(False)
@@ -203,8 +204,9 @@ class ScaleMonitor(Callback):
             self._resume = None
         elif not fresh:  # another fit() of the same trainer goes on from its global_step
             self.history.resume(self.history_path, self.last_step)
-        rank_zero_info(f"scalewatch: recording {len(self.scales)} scale(s) every {self._schedule.every_n_steps} "
-                       f"optimizer steps to {self.history_path}")
+        if self.scales:
+            rank_zero_info(f"scalewatch: recording {len(self.scales)} scale(s) every {self._schedule.every_n_steps} "
+                           f"optimizer steps to {self.history_path}")
 
     def _set_aside_earlier_history(self) -> None:
         # A fresh (not resumed) fit into a directory that already holds a history, e.g.

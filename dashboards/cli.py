@@ -107,6 +107,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     mode = "plain" if args.plain else "live" if args.live else "auto"
     options = WatchOptions(interval=args.interval, once=args.once, duration=args.duration, mode=mode)
+    if os.path.isdir(args.run_dir):
+        # Follow the newest run under the folder, also one that starts after watch did.
+        options.rediscover = lambda: find_history(args.run_dir)
     if os.path.isfile(args.run_dir) and not args.run_dir.endswith(".jsonl"):
         raise SourceError(f"{args.run_dir}: watch follows a history file ({HISTORY_FILENAME}), not this one")
     started = time.monotonic()

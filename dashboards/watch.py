@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -55,6 +56,7 @@ class HistoryFollower:
     def __init__(self, path: str) -> None:
         self.path = path
         self.bad_lines = 0
+        self._switched = False
         self._pos = 0
         self._partial = b""
         self._ident: Optional[Tuple[int, int]] = None
@@ -66,8 +68,15 @@ class HistoryFollower:
         """A line was started but not finished (a write in progress, or a run killed mid-write)."""
         return bool(self._partial.strip())
 
+    def retarget(self, path: str) -> None:
+        """Follow another file from its start (a newer run appeared); :meth:`check` says so."""
+        self.path, self._pos, self._partial, self._ident, self._switched = path, 0, b"", None, True
+
     def check(self) -> bool:
         """Look at the file; ``True`` if what was read before no longer stands."""
+        if self._switched:
+            self._switched = False
+            return True
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -428,6 +437,8 @@ class WatchOptions:
     once: bool = False
     duration: Optional[float] = None
     mode: str = "auto"  # auto | live | plain
+    #: when watching a folder: returns its newest history, so a run started later is followed
+    rediscover: Optional[Callable[[], Optional[str]]] = None
 
 
 def wait_for_history(run_dir: str, find: Any, options: WatchOptions) -> Optional[str]:
@@ -458,6 +469,7 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
     deadline = None if options.duration is None else time.monotonic() + options.duration
 
     def catch_up() -> List[Alert]:
+        _follow_newest(follower, options)
         if follower.check():
             state.reset()
         fired: List[Alert] = []
@@ -465,6 +477,7 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
             fired.extend(state.add(record))
         return fired
 
+    previous_term = _sigterm_as_interrupt()
     try:
         catch_up()
         if options.once:
@@ -481,12 +494,37 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
             _follow_plain(out, state, follower, options, deadline)
     except KeyboardInterrupt:
         pass
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     if follower.waiting_for_rest:
         print(f"scalewatch: warning: {path}: the last line is incomplete (a write in progress, or a run killed "
               "mid-write) and was not shown", file=err)
     if follower.bad_lines:
         print(f"scalewatch: warning: {path}: {follower.bad_lines} unreadable line(s) skipped", file=err)
     return 0
+
+
+def _sigterm_as_interrupt() -> Any:
+    """End on SIGTERM (``timeout``, ``kill``) as on Ctrl-C, so the terminal is restored."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _follow_newest(follower: HistoryFollower, options: WatchOptions) -> bool:
+    """Switch to a newer history under the watched folder; ``True`` if it switched."""
+    if options.rediscover is None:
+        return False
+    newest = options.rediscover()
+    if newest is None or os.path.abspath(newest) == os.path.abspath(follower.path):
+        return False
+    follower.retarget(newest)
+    return True
 
 
 def _sleep_until_next(options: WatchOptions, deadline: Optional[float]) -> bool:
@@ -528,9 +566,14 @@ def _follow_plain(out: TextIO, state: LiveState, follower: HistoryFollower, opti
     print(f"scalewatch watch: following {follower.path} ({state.readings} reading(s) so far)", file=out)
     _print_snapshot(state, out)
     while _sleep_until_next(options, deadline):
+        switched = _follow_newest(follower, options)
         if follower.check():
             state.reset()
-            print(f"scalewatch watch: {follower.path} was replaced or cut back; read again from the start", file=out)
+            if switched:
+                print(f"scalewatch watch: a newer run appeared; following {follower.path}", file=out)
+            else:
+                print(f"scalewatch watch: {follower.path} was replaced or cut back; read again from the start",
+                      file=out)
             for record in follower.read():
                 state.add(record)
             _print_snapshot(state, out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from train import main as train_main  # noqa: E402
 from scalewatch.callbacks import PLOT_FILENAME, ScaleMonitor  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+#: where the two runs' configs send their files; cleared first so each demo leaves one version_0
+DEMO_DIRS = ("demo_runs/conservative", "demo_runs/fast-scale-lr")
+#: the commands installed next to this interpreter (.venv/bin), as a user would type them
+BIN = os.path.relpath(os.path.dirname(sys.executable))
 
 
 @dataclass
@@ -101,15 +106,20 @@ def _print_summary(runs: List[RunSummary]) -> None:
         print("  alerts           : " + ("none" if not s.alerts else ("\n" + " " * 21).join(s.alerts)))
         print()
     root = os.path.commonpath([rel(s.tensorboard_dir) for s in runs]).split(os.sep)[0]
-    print(f"Open TensorBoard   : tensorboard --logdir {root}")
+    print(f"Open TensorBoard   : {BIN}/tensorboard --logdir {root}   (or `source {BIN}/activate` first)")
     print("                     (the CUSTOM SCALARS tab shows each scale inside its [min, max] band;"
           " SCALARS has scalewatch/*, train/*, val/*; IMAGES has the plot)")
     if importlib.util.find_spec("scalewatch.dashboards.cli") is not None:
-        print(f"In the terminal    : scalewatch watch {rel(runs[0].run_dir)}   (live, while a run trains)")
+        print(f"In the terminal    : {BIN}/scalewatch watch {rel(runs[0].run_dir)}   (live, while a run trains)")
+        print(f"                     {BIN}/scalewatch report {rel(runs[1].run_dir)}")
     print("=" * 78)
 
 
 def main() -> None:
+    for path in DEMO_DIRS:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            print(f"(cleared the previous demo's {path})")
     healthy = run("1. conservative preset: the scale learns inside its bounds", ["conservative.yaml"])
     saturating = run("2. conservative preset, scale learning rate 0.2: drives the scale into its upper bound",
                      ["conservative.yaml", "fast-scale-lr.yaml"])

@@ -96,7 +96,8 @@ def _message(kind: str, r: Reading, warn_fraction: float, patience: int) -> str:
         return f"Scale near lower bound! {where}; below {lower_warning(r.min, r.max, warn_fraction):.4g}"
     if kind == PINNED:
         return (f"Scale pinned at its bound! {where}; the raw parameter is at or beyond the bound and its "
-                f"gradient cannot bring it back ({patience} checks in a row): the clamp has cut the gradient")
+                f"gradient cannot bring it back ({patience} checks in a row): a clamp in forward has cut the "
+                f"gradient, or a clamp after the step undoes every update")
     return f"Scale value is not finite! {where}"
 
 

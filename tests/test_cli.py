@@ -389,3 +389,41 @@ def test_watch_draws_the_live_view_on_a_terminal(run, tmp_path):
     for step, kind, name in fired:
         assert re.search(rf"step +{step} +{kind} +{re.escape(name)} +scale=", final), (step, kind, final)
     assert writer.torn is not None and want in raw
+
+
+def test_watch_on_a_folder_switches_to_a_run_that_starts_later(run, tmp_path):
+    """`watch RUN_DIR --wait` started before a new run follows the new run, not the finished one."""
+    records = _history(run)
+    old = tmp_path / "version_0" / HISTORY_FILENAME
+    old.parent.mkdir()
+    old.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    proc = subprocess.Popen(CLI + ["watch", str(tmp_path), "--interval", "0.1", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    lines = _reader(proc.stdout)
+    seen: List[str] = []
+    new = tmp_path / "version_1" / HISTORY_FILENAME
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if not line:
+                break
+            seen.append(line.rstrip("\n"))
+            if line.startswith("scalewatch watch: following") and not new.exists():
+                new.parent.mkdir()
+                new.write_text(json.dumps(dict(records[0], step=123456)) + "\n")
+            if line.startswith("step 123456  "):
+                break
+        proc.send_signal(signal.SIGTERM)  # `timeout`/`kill` end it as cleanly as Ctrl-C
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "\n".join(seen)
+    assert f"a newer run appeared; following {new}" in out, out
+    assert any(s.startswith("step 123456  ") for s in seen), out
+    assert proc.returncode == 0 and "Traceback" not in err, err
