@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
@@ -14,6 +16,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from scalewatch.callbacks.alert_sinks import send_alerts
 from scalewatch.callbacks.history_sink import HistorySink
+from scalewatch.callbacks.tensorboard_scalars import log_scalars
 from scalewatch.dashboards import plot as plotting
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
 from scalewatch.dashboards.filenames import PLOT_FILENAME
@@ -29,6 +32,8 @@ log = logging.getLogger("scalewatch")
 ON_SATURATION = ("warn", "stop")
 #: used when the trainer logs nothing (log_every_n_steps=0)
 DEFAULT_EVERY_N_STEPS = 50
+#: TensorBoard is flushed after a check at most this often, so its live view lags by no more
+TENSORBOARD_FLUSH_SECS = 2.0
 
 
 def metric_key(name: str, field: str) -> str:
@@ -130,6 +135,7 @@ class ScaleMonitor(Callback):
         self.plot_every_n_checks = plot_every_n_checks
         self.max_plot_panels = max_plot_panels
         self.state_key_suffix = state_key_suffix
+        self._state_key = self._generate_state_key(params=sorted(self.params), suffix=state_key_suffix)
 
         self.scales: List[WatchedScale] = []
         self.last_step: int = -1
@@ -138,11 +144,13 @@ class ScaleMonitor(Callback):
         self.log_dir: Optional[str] = None
         self._schedule: Optional[EveryNSteps] = None
         self._resume: Optional[Dict[str, Any]] = None
-        self._tracking = True
+        self._tracking = False
+        self._last_flush = -math.inf
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(params=sorted(self.params), suffix=self.state_key_suffix)
+        # Lightning formats this into a profiler name on every hook call: build it once.
+        return self._state_key
 
     @property
     def history_path(self) -> Optional[str]:
@@ -167,7 +175,7 @@ class ScaleMonitor(Callback):
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage == "fit":
-            self._track_clamp_fraction(True)  # the modules' own default outside of a monitored fit
+            self._track_clamp_fraction(False)  # the modules' own default outside of a monitored fit
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on
@@ -260,18 +268,25 @@ class ScaleMonitor(Callback):
     def _show_in_progress_bar(self, pl_module: "pl.LightningModule", readings: List[Reading]) -> None:
         for r in readings[:2]:
             key = "scale" if len(readings) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
-            pl_module.log(key, r.scale, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
+            # A CPU tensor: a Python float would become a tensor on the module's device,
+            # one more host-device copy per check on a GPU.
+            pl_module.log(key, torch.tensor(r.scale), prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                          batch_size=1)
 
     def _record(self, trainer: "pl.Trainer", readings: List[Reading], alerts: List[Alert]) -> None:
         metrics: Dict[str, float] = {}
         for r in readings:
             metrics.update(_reading_metrics(r))
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
             if isinstance(logger, TensorBoardLogger):
-                # SummaryWriter flushes every 120 s by default; flush per check so the
-                # live custom-scalars view follows training (a file write, no device sync).
+                log_scalars(logger, metrics, trainer.global_step)
+            else:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger) and time.monotonic() - self._last_flush >= TENSORBOARD_FLUSH_SECS:
+                # SummaryWriter flushes every 120 s by default; flush after checks (at most
+                # every few seconds: it waits on the writer thread) so the live view follows.
                 logger.experiment.flush()
+                self._last_flush = time.monotonic()
         if self.history is not None:
             fired: Dict[str, List[str]] = {}
             for a in alerts:

@@ -68,10 +68,10 @@ class BoundedScale(nn.Module):
             self.register_buffer(self.raw_scale_name, raw)
         # Fraction of outputs cut by a clamp in the last forward, kept on device
         # (no sync); subclasses that clamp their output set it while
-        # `track_clamp_fraction` is on. A monitor turns tracking on for check steps
-        # only, so the model does no extra tensor work on the other steps.
+        # `track_clamp_fraction` is on. Off by default (it costs a reduction per
+        # forward); ScaleMonitor turns it on for the forward passes of check steps.
         self.clamp_fraction: Optional[Tensor] = None
-        self.track_clamp_fraction = True
+        self.track_clamp_fraction = False
 
     def _raw_from_scale(self, scale: float) -> float:
         if self.bound == "hard":

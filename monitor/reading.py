@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from scalewatch.monitor.bounded_scale import BoundedScale
 from scalewatch.monitor.watched_scale import WatchedScale
-
-# per scale: effective, raw, grad, clamp fraction
-_FIELDS = 4
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,42 @@ class Reading:
     clamp_fraction: Optional[float] = None
 
     def to_record(self) -> Dict[str, Any]:
-        return asdict(self)
+        # Every field is a plain value: a flat dict equals ``dataclasses.asdict`` at a
+        # fraction of its cost (asdict deep-copies field by field), which counts when
+        # a check records a thousand scales.
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @property
     def finite(self) -> bool:
         return math.isfinite(self.raw) and (self.grad is None or math.isfinite(self.grad))
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Reading))
+
+
+def _scalar(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 0-dim float32 tensor, converting only what needs it.
+
+    Each conversion is a kernel launch that a check of many scales pays per scale,
+    so the common case (a 0-dim float32 tensor) costs none.
+    """
+    if t.dim() != 0:
+        t = t.reshape(())
+    if t.dtype != torch.float32:
+        t = t.float()
+    return t
+
+
+def _clamped_raw(s: WatchedScale) -> bool:
+    """True when the effective value is ``clamp(raw, min, max)``: a hard bound, on a bare
+    parameter or on a library module that keeps :attr:`BoundedScale.scale` as it is.
+
+    Those effective values are computed on the host, all at once, from the raw values
+    the transfer brings anyway (bit for bit what ``torch.clamp`` gives on the device),
+    instead of one clamp kernel per scale before it. Any other scale is asked for
+    its own ``effective()``.
+    """
+    return s.bound == "hard" and (s.module is None or type(s.module).scale is BoundedScale.scale)
 
 
 def read_scales(scales: Sequence[WatchedScale], step: int) -> List[Reading]:
@@ -50,25 +79,43 @@ def read_scales(scales: Sequence[WatchedScale], step: int) -> List[Reading]:
     if not scales:
         return []
     by_device: Dict[torch.device, List[torch.Tensor]] = {}
-    order = []
+    # per scale: its device and where its values sit in that device's list
+    # (raw, effective unless computed on the host, then grad and clamp fraction where they exist)
+    slots: List[Tuple[torch.device, int, Optional[int], Optional[int], Optional[int]]] = []
     with torch.no_grad():
         for s in scales:
-            raw = s.raw.detach()
-            nan = raw.new_full((), math.nan, dtype=torch.float32)
-            grad = s.raw.grad
+            raw = s.raw
+            device = raw.device
+            values = by_device.setdefault(device, [])
+            grad = raw.grad
             frac = s.clamp_fraction()
-            parts = [s.effective(), raw, nan if grad is None else grad.detach(),
-                     nan if frac is None else frac.detach()]
-            by_device.setdefault(raw.device, []).extend(p.reshape(()).float().to(raw.device) for p in parts)
-            order.append(raw.device)
-        host = {dev: torch.stack(vals).cpu().tolist() for dev, vals in by_device.items()}
-    offset = {dev: 0 for dev in host}
+            raw_at = len(values)
+            # raw, its gradient and the effective value live on one device
+            values.append(_scalar(raw))
+            eff_at = grad_at = frac_at = None
+            if not _clamped_raw(s):
+                eff_at = len(values)
+                values.append(_scalar(s.effective()))
+            if grad is not None:
+                grad_at = len(values)
+                values.append(_scalar(grad))
+            if frac is not None:
+                frac_at = len(values)
+                # computed in forward, on the input's device (a 0-dim CPU scale may meet CUDA inputs)
+                values.append(_scalar(frac) if frac.device == device else _scalar(frac).to(device))
+            slots.append((device, raw_at, eff_at, grad_at, frac_at))
+        host = {device: torch.stack(values).cpu().tolist() for device, values in by_device.items()}
+        clamped = [i for i, slot in enumerate(slots) if slot[2] is None]
+        effective: Dict[int, float] = {}
+        if clamped:
+            raws, lows, highs = torch.tensor([[host[slots[i][0]][slots[i][1]] for i in clamped],
+                                              [scales[i].min for i in clamped],
+                                              [scales[i].max for i in clamped]], dtype=torch.float32)
+            effective = dict(zip(clamped, torch.clamp(raws, lows, highs).tolist()))
     readings = []
-    for s, dev in zip(scales, order):
-        i = offset[dev]
-        scale, raw, grad, frac = host[dev][i:i + _FIELDS]
-        offset[dev] = i + _FIELDS
-        readings.append(Reading(step=step, name=s.name, scale=scale, raw=raw,
-                                grad=None if s.raw.grad is None else grad, min=s.min, max=s.max,
-                                bound=s.bound, clamp_fraction=None if s.clamp_fraction() is None else frac))
+    for i, (s, (device, raw_at, eff_at, grad_at, frac_at)) in enumerate(zip(scales, slots)):
+        h = host[device]
+        readings.append(Reading(step=step, name=s.name, scale=effective[i] if eff_at is None else h[eff_at],
+                                raw=h[raw_at], grad=None if grad_at is None else h[grad_at], min=s.min,
+                                max=s.max, bound=s.bound, clamp_fraction=None if frac_at is None else h[frac_at]))
     return readings

@@ -34,6 +34,8 @@ def test_forward_is_weights_times_clamped_scale():
 @pytest.mark.parametrize("max_scale,limit", [(3.0, 3.0), (5.0, 5.0), (8.0, 5.0)])
 def test_bias_clamped_at_min_of_5_and_max_scale(max_scale, limit):
     gen = AttentionBiasGenerator(bias_scale=max_scale, min_scale=0.5, max_scale=max_scale)
+    assert gen.track_clamp_fraction is False  # off unless asked (ScaleMonitor asks on check steps)
+    gen.track_clamp_fraction = True
     # weights outside [-1, 1] (a misbehaving router) still cannot push the bias past the limit
     w = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])
     out = gen(w)

@@ -65,6 +65,8 @@ def test_ddp_stop_on_saturation_stops_every_rank(tmp_path):
     out = subprocess.run([sys.executable, str(HERE / "ddp_monitor_script.py"), str(tmp_path), "stop"],
                          capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert out.returncode == 0, out.stderr[-3000:]
-    alert = next(line for line in out.stdout.splitlines() if line.startswith("ALERT"))
+    alerts = [line for line in out.stdout.splitlines() if line.startswith("ALERT")]
+    assert alerts, (out.stdout[-3000:], out.stderr[-3000:])
+    alert = alerts[0]
     step = int(alert.split()[3])
     assert out.stdout.count(f"DONE global_step={step + 1}") == 2

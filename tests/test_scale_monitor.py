@@ -246,7 +246,7 @@ def test_clamp_fraction_is_computed_on_check_steps_only(tmp_path):
     hist = readback.history(str(tmp_path))
     # above a scale of 5 the final +-5 clamp cuts the largest bias entries, and that is recorded
     assert hist[-1]["scale"] > 5.0 and hist[-1]["clamp_fraction"] > 0.0
-    assert model.head.attention_bias_generator.track_clamp_fraction is True  # restored after fit
+    assert model.head.attention_bias_generator.track_clamp_fraction is False  # back to the default after fit
 
 
 def test_a_fresh_fit_into_a_used_directory_keeps_the_earlier_history_aside(tmp_path):
