@@ -197,6 +197,7 @@ class ScaleMonitor(Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # Runs after a checkpoint's state was restored, whatever the strategy.
+        self._track_clamp_fraction(self._schedule(trainer.global_step))  # for the first step's forward
         fresh = self._resume is None and trainer.global_step == 0
         if fresh:  # a monitor reused for a new run starts its position and alerts anew
             self.last_step, self.checks = -1, 0
@@ -231,19 +232,16 @@ class ScaleMonitor(Callback):
 
     # ---- reading ------------------------------------------------------------------------
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
-                             batch_idx: int) -> None:
-        # The clamp fraction is only needed by the forward passes of a check step.
-        if self._schedule is not None:
-            want = self._schedule(trainer.global_step)
-            if want != self._tracking:
-                self._track_clamp_fraction(want)
-
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                                  optimizer: torch.optim.Optimizer) -> None:
         step = trainer.global_step
-        # Plain integer checks: off check steps nothing touches a tensor.
-        if self._schedule is None or not self.scales or not self._schedule(step) or step == self.last_step:
+        if self._schedule is None or not self.scales:
+            return
+        # Plain integer checks: off check steps nothing touches a tensor. The clamp
+        # fraction is only computed in the forward passes of the next check step.
+        if self._schedule(step + 1) != self._tracking:
+            self._track_clamp_fraction(not self._tracking)
+        if not self._schedule(step) or step == self.last_step:
             return
         self.last_step = step
         self.checks += 1
@@ -253,7 +251,7 @@ class ScaleMonitor(Callback):
         alerts = [a for r in readings for a in self.tracker.update(r, grad_must_be_finite=not scaler_active)]
 
         if self.progress_bar:
-            self._show_in_progress_bar(pl_module, readings)
+            self._show_in_progress_bar(trainer, readings)
         if trainer.is_global_zero:
             self._record(trainer, readings, alerts)
             if alerts:
@@ -265,13 +263,14 @@ class ScaleMonitor(Callback):
             trainer.should_stop = True
             rank_zero_info(f"scalewatch: stopping training at step {step} (on_saturation='stop')")
 
-    def _show_in_progress_bar(self, pl_module: "pl.LightningModule", readings: List[Reading]) -> None:
+    def _show_in_progress_bar(self, trainer: "pl.Trainer", readings: List[Reading]) -> None:
+        # Written into the dict the progress bar reads (it keeps values between steps):
+        # `self.log(..., prog_bar=True)` would cost ~1 ms a check and, for a float, a
+        # host-to-device copy on a GPU.
+        shown = trainer.progress_bar_metrics
         for r in readings[:2]:
             key = "scale" if len(readings) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
-            # A CPU tensor: a Python float would become a tensor on the module's device,
-            # one more host-device copy per check on a GPU.
-            pl_module.log(key, torch.tensor(r.scale), prog_bar=True, logger=False, on_step=True, on_epoch=False,
-                          batch_size=1)
+            shown[key] = round(r.scale, 4)
 
     def _record(self, trainer: "pl.Trainer", readings: List[Reading], alerts: List[Alert]) -> None:
         metrics: Dict[str, float] = {}
