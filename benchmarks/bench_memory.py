@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import describe_machine, machine, quiet, rss_mb, trainer_kwargs
+from benchmarks.common import quiet, report, rss_mb, trainer_kwargs
 from scalewatch.callbacks import ScaleMonitor
 from scalewatch.monitor import AttentionBiasGenerator
 
@@ -188,14 +187,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args.steps, args.sample_every, args.warmup, args.control_steps, args.accelerator)
-    result["machine"] = machine()
-    print(f"\nMemory of a {args.steps:,}-step run, ScaleMonitor(every_n_steps=1) "
-          f"({describe_machine(result['machine'])})\n")
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report(result, f"Memory of a {args.steps:,}-step run, ScaleMonitor(every_n_steps=1)", format_table(result), args.json)
 
 
 if __name__ == "__main__":

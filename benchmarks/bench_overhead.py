@@ -49,7 +49,6 @@ not in it, the A/B ratio has it).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -61,9 +60,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from benchmarks.common import (PERIOD, BenchEncoder, RandomPrintBiasGenerator, StepTimer, cycled_data,
-                               describe_machine, machine, no_monitoring_work, quiet, spread,
-                               trainer_kwargs)
+from benchmarks.common import (BenchEncoder, PERIOD, RandomPrintBiasGenerator, StepTimer, cycled_data,
+                               no_monitoring_work, quiet, report, spread, trainer_kwargs)
 from scalewatch.callbacks import ScaleMonitor
 
 IN_FIT = ("monitor_n50", "monitor_n1", "random_print", "self_log")
@@ -432,13 +430,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args.rounds, args.fit_rounds, args.fit_blocks, args.batch_size, tuple(args.variants), args.accelerator)
-    result["machine"] = machine()
-    print(f"\nOverhead per optimizer step ({describe_machine(result['machine'])})\n")
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report(result, "Overhead per optimizer step", format_table(result), args.json)
 
 
 if __name__ == "__main__":

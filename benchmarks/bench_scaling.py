@@ -23,7 +23,6 @@ here; see the README for what TensorBoard costs at K=1000.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import scalewatch.callbacks.scale_monitor as scale_monitor_module
-from benchmarks.common import HostReadCounter, describe_machine, machine, quiet, trainer_kwargs
+from benchmarks.common import HostReadCounter, quiet, report, trainer_kwargs
 from scalewatch.callbacks import ScaleMonitor
 from scalewatch.monitor import AttentionBiasGenerator
 
@@ -216,14 +215,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args.ks, args.checks, args.loggers, args.accelerator)
-    result["machine"] = machine()
-    print(f"\nOne check step vs number of watched scales, loggers={args.loggers} "
-          f"({describe_machine(result['machine'])})\n")
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return report(result, f"One check step vs number of watched scales, loggers={args.loggers}", format_table(result), args.json)
 
 
 if __name__ == "__main__":

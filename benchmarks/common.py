@@ -82,6 +82,19 @@ def describe_machine(info: Dict[str, Any]) -> str:
 # ---- the model -------------------------------------------------------------------------------
 
 
+def report(result: Dict[str, Any], title: str, table: str, json_path: Any) -> int:
+    """Print one benchmark's table under a title naming the machine, and write its JSON."""
+    import json
+
+    result["machine"] = machine()
+    print(f"\n{title} ({describe_machine(result['machine'])})\n")
+    print(table)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def no_monitoring_work(model: nn.Module) -> None:
     """Switch off the per-forward statistics bounded scales keep for a monitor (the clamp fraction).
 

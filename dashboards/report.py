@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from scalewatch.dashboards.series import take_bounds
 from scalewatch.monitor.saturation import lower_warning, upper_warning
 
 DEFAULT_WARN_FRACTION = 0.9
@@ -47,10 +48,7 @@ class ScaleSummary:
 
     def add(self, record: Dict[str, Any]) -> None:
         """Fold one reading in."""
-        self.min = _num(record.get("min", self.min))
-        self.max = _num(record.get("max", self.max))
-        self.warn_fraction = float(record.get("warn_fraction") or self.warn_fraction)
-        self.bound = record.get("bound") or self.bound
+        take_bounds(self, record)
         step = int(record["step"])
         scale = _num(record.get("scale"))
         self.readings += 1

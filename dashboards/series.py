@@ -15,6 +15,14 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def take_bounds(target: Any, record: Dict[str, Any]) -> None:
+    """Copy a record's bounds, warn fraction and bound kind onto ``target`` (kept when absent)."""
+    target.min = _num(record.get("min", target.min))
+    target.max = _num(record.get("max", target.max))
+    target.warn_fraction = float(record.get("warn_fraction") or target.warn_fraction)
+    target.bound = record.get("bound") or target.bound
+
+
 @dataclass
 class ScaleSeries:
     """Everything recorded for one scale, in compact arrays (8 bytes a value)."""
@@ -31,10 +39,7 @@ class ScaleSeries:
     alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
 
     def add(self, record: Dict[str, Any]) -> None:
-        self.min = _num(record.get("min", self.min))
-        self.max = _num(record.get("max", self.max))
-        self.warn_fraction = float(record.get("warn_fraction") or self.warn_fraction)
-        self.bound = record.get("bound") or self.bound
+        take_bounds(self, record)
         self.steps.append(float(record["step"]))
         self.scale.append(_num(record.get("scale")))
         self.raw.append(_num(record.get("raw")))

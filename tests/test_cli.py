@@ -286,6 +286,21 @@ def _reader(stream) -> "queue.Queue[str]":
     return q
 
 
+def _lines_until(lines: "queue.Queue[str]", seen: List[str], seconds: float, on_line) -> None:
+    """Collect output lines into ``seen`` until ``on_line(line)`` is true, the stream ends or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if not line:
+            return
+        seen.append(line.rstrip("\n"))
+        if on_line(line):
+            return
+
+
 def test_watch_follows_a_growing_history_in_plain_lines(run, tmp_path):
     path, rest = _start_file(run, tmp_path, first=2)  # step 1 of both scales; every alert is still to come
     expected_alerts = [(r["step"], k, r["name"]) for r in rest for k in r["alerts"]]
@@ -296,21 +311,16 @@ def test_watch_follows_a_growing_history_in_plain_lines(run, tmp_path):
     lines = _reader(proc.stdout)
     seen: List[str] = []
     writer = None
-    deadline = time.monotonic() + 60
+
+    def on_line(line: str) -> bool:
+        nonlocal writer
+        if writer is None and line.startswith("scalewatch watch: following"):
+            writer = GrowingHistory(path, rest, pause=0.15)
+            writer.start()
+        return line.startswith(f"step {last['step']}  {last['name']}  ")
+
     try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if not line:
-                break
-            seen.append(line.rstrip("\n"))
-            if writer is None and line.startswith("scalewatch watch: following"):
-                writer = GrowingHistory(path, rest, pause=0.15)
-                writer.start()
-            if line.startswith(f"step {last['step']}  {last['name']}  "):
-                break
+        _lines_until(lines, seen, 60, on_line)
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         _, err = proc.communicate(timeout=20)
     finally:
@@ -403,21 +413,15 @@ def test_watch_on_a_folder_switches_to_a_run_that_starts_later(run, tmp_path):
     lines = _reader(proc.stdout)
     seen: List[str] = []
     new = tmp_path / "version_1" / HISTORY_FILENAME
-    deadline = time.monotonic() + 60
+
+    def on_line(line: str) -> bool:
+        if line.startswith("scalewatch watch: following") and not new.exists():
+            new.parent.mkdir()
+            new.write_text(json.dumps(dict(records[0], step=123456)) + "\n")
+        return line.startswith("step 123456  ")
+
     try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if not line:
-                break
-            seen.append(line.rstrip("\n"))
-            if line.startswith("scalewatch watch: following") and not new.exists():
-                new.parent.mkdir()
-                new.write_text(json.dumps(dict(records[0], step=123456)) + "\n")
-            if line.startswith("step 123456  "):
-                break
+        _lines_until(lines, seen, 60, on_line)
         proc.send_signal(signal.SIGTERM)  # `timeout`/`kill` end it as cleanly as Ctrl-C
         _, err = proc.communicate(timeout=20)
     finally:

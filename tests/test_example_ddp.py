@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from typing import Dict
+
+from test_examples import ALERT_LINES, clean_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "examples", "configs")
@@ -19,21 +20,6 @@ TRAIN = os.path.join(REPO, "examples", "train.py")
 
 #: the documented multi-process command, plus the setting that saturates the scale
 DDP_ARGS = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
-ALERT_LINES = {"near_upper": "Scale near upper bound!", "near_lower": "Scale near lower bound!",
-               "pinned": "Scale pinned at its bound!", "non_finite": "Scale value is not finite!"}
-
-
-def clean_env() -> Dict[str, str]:
-    """The environment for a training subprocess: offline W&B, and none of this process's W&B state.
-
-    An in-process W&B run leaves ``WANDB_SERVICE`` (and the like) in ``os.environ``; a
-    child that inherits it talks to this process's W&B service instead of its own.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
-    return env
-
-
 def test_ddp_writes_one_history_and_one_set_of_alerts(tmp_path) -> None:
     env = clean_env()
     args = [sys.executable, TRAIN, "fit", "--config", os.path.join(CONFIGS, "conservative.yaml"),
