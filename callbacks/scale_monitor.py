@@ -21,8 +21,9 @@ from scalewatch.dashboards import plot as plotting
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
-from scalewatch.monitor.reading import Reading, read_scales
+from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import Alert, SaturationTracker, check_patience, check_warn_fraction
+from scalewatch.monitor.scale_reader import read_scales
 from scalewatch.monitor.schedule import EveryNSteps, check_every_n_steps
 from scalewatch.monitor.watched_scale import (WatchedScale, check_param_bounds, find_bounded_scales,
                                               watch_parameters)

@@ -9,18 +9,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from scalewatch.dashboards.series import take_bounds
-from scalewatch.monitor.saturation import lower_warning, upper_warning
+from scalewatch.dashboards.series import ScaleBounds, as_float
 
-DEFAULT_WARN_FRACTION = 0.9
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
 
 
 @dataclass
-class ScaleSummary:
+class ScaleSummary(ScaleBounds):
     """What one scale did over a run.
 
     ``near_upper``/``near_lower`` count the readings beyond the warning lines
@@ -28,11 +22,6 @@ class ScaleSummary:
     the same lines the ``near_upper``/``near_lower`` alerts use.
     """
 
-    name: str
-    min: float = math.nan
-    max: float = math.nan
-    warn_fraction: float = DEFAULT_WARN_FRACTION
-    bound: str = "hard"
     readings: int = 0
     first_step: Optional[int] = None
     last_step: Optional[int] = None
@@ -48,13 +37,13 @@ class ScaleSummary:
 
     def add(self, record: Dict[str, Any]) -> None:
         """Fold one reading in."""
-        take_bounds(self, record)
+        self.take_bounds(record)
         step = int(record["step"])
-        scale = _num(record.get("scale"))
+        scale = as_float(record.get("scale"))
         self.readings += 1
         self.first_step = step if self.first_step is None else self.first_step
         self.last_step = step
-        self.last_scale, self.last_raw, self.last_grad = scale, _num(record.get("raw")), _num(record.get("grad"))
+        self.last_scale, self.last_raw, self.last_grad = scale, as_float(record.get("raw")), as_float(record.get("grad"))
         if math.isfinite(scale):
             self.scale_min = scale if math.isnan(self.scale_min) else min(self.scale_min, scale)
             self.scale_max = scale if math.isnan(self.scale_max) else max(self.scale_max, scale)
@@ -64,14 +53,6 @@ class ScaleSummary:
             self.non_finite += 1
         for kind in record.get("alerts") or ():
             self.alerts.append((step, kind, scale))
-
-    @property
-    def upper_warning(self) -> float:
-        return upper_warning(self.max, self.warn_fraction)
-
-    @property
-    def lower_warning(self) -> float:
-        return lower_warning(self.min, self.max, self.warn_fraction)
 
     @property
     def near_bound(self) -> int:

@@ -11,41 +11,27 @@ from scalewatch.monitor.saturation import lower_warning, upper_warning
 DEFAULT_WARN_FRACTION = 0.9
 
 
-def _num(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A record's number as a float, ``None`` (no value) as NaN."""
     return math.nan if value is None else float(value)
 
 
-def take_bounds(target: Any, record: Dict[str, Any]) -> None:
-    """Copy a record's bounds, warn fraction and bound kind onto ``target`` (kept when absent)."""
-    target.min = _num(record.get("min", target.min))
-    target.max = _num(record.get("max", target.max))
-    target.warn_fraction = float(record.get("warn_fraction") or target.warn_fraction)
-    target.bound = record.get("bound") or target.bound
-
-
 @dataclass
-class ScaleSeries:
-    """Everything recorded for one scale, in compact arrays (8 bytes a value)."""
+class ScaleBounds:
+    """A scale's name, bounds and warning lines, as the latest record gives them."""
 
     name: str
     min: float = math.nan
     max: float = math.nan
     warn_fraction: float = DEFAULT_WARN_FRACTION
     bound: str = "hard"
-    steps: array = field(default_factory=lambda: array("d"))
-    scale: array = field(default_factory=lambda: array("d"))
-    raw: array = field(default_factory=lambda: array("d"))
-    grad: array = field(default_factory=lambda: array("d"))
-    alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
 
-    def add(self, record: Dict[str, Any]) -> None:
-        take_bounds(self, record)
-        self.steps.append(float(record["step"]))
-        self.scale.append(_num(record.get("scale")))
-        self.raw.append(_num(record.get("raw")))
-        self.grad.append(_num(record.get("grad")))
-        for kind in record.get("alerts") or ():
-            self.alerts.append((int(record["step"]), kind, _num(record.get("scale"))))
+    def take_bounds(self, record: Dict[str, Any]) -> None:
+        """Copy a record's bounds, warn fraction and bound kind (kept when absent)."""
+        self.min = as_float(record.get("min", self.min))
+        self.max = as_float(record.get("max", self.max))
+        self.warn_fraction = float(record.get("warn_fraction") or self.warn_fraction)
+        self.bound = record.get("bound") or self.bound
 
     @property
     def upper_warning(self) -> float:
@@ -55,13 +41,33 @@ class ScaleSeries:
     def lower_warning(self) -> float:
         return lower_warning(self.min, self.max, self.warn_fraction)
 
+
+@dataclass
+class ScaleSeries(ScaleBounds):
+    """Everything recorded for one scale, in compact arrays (8 bytes a value)."""
+
+    steps: array = field(default_factory=lambda: array("d"))
+    scale: array = field(default_factory=lambda: array("d"))
+    raw: array = field(default_factory=lambda: array("d"))
+    grad: array = field(default_factory=lambda: array("d"))
+    alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
+
+    def add(self, record: Dict[str, Any]) -> None:
+        self.take_bounds(record)
+        self.steps.append(float(record["step"]))
+        self.scale.append(as_float(record.get("scale")))
+        self.raw.append(as_float(record.get("raw")))
+        self.grad.append(as_float(record.get("grad")))
+        for kind in record.get("alerts") or ():
+            self.alerts.append((int(record["step"]), kind, as_float(record.get("scale"))))
+
     def __len__(self) -> int:
         return len(self.steps)
 
 
 def closeness_to_bound(record: Dict[str, Any]) -> float:
     """0 at a bound (or non-finite), 0.5 in the middle of the range."""
-    lo, hi, s = _num(record.get("min")), _num(record.get("max")), _num(record.get("scale"))
+    lo, hi, s = as_float(record.get("min")), as_float(record.get("max")), as_float(record.get("scale"))
     if not all(math.isfinite(v) for v in (lo, hi, s)) or hi <= lo:
         return 0.0
     return max(0.0, min(s - lo, hi - s) / (hi - lo))

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION
 from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, iter_history
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import SaturationTracker
@@ -39,7 +40,6 @@ LOGGED_FIELDS = ("scale", "raw", "grad", "min", "max", "clamp_fraction")
 CSV_FILENAME = "metrics.csv"
 EVENTS_PREFIX = "events.out.tfevents"
 
-DEFAULT_WARN_FRACTION = 0.9
 DEFAULT_PATIENCE = 3
 
 

@@ -29,7 +29,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scalewatch.dashboards.series import closeness_to_bound
+from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION, as_float, closeness_to_bound
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning,
                                            upper_warning)
@@ -38,7 +38,6 @@ SPARK_WIDTH = 30
 BAR_WIDTH = 24
 ALERTS_SHOWN = 8
 READ_CHUNK = 1 << 20
-DEFAULT_WARN_FRACTION = 0.9
 
 Alert = Tuple[int, str, str, float]  # (step, name, kind, scale)
 
@@ -163,29 +162,22 @@ class LiveState:
         if scale is None:
             scale = self.scales[name] = LiveScale(name, record)
         scale.last = record
-        scale.recent.append(_num(record.get("scale")))
+        scale.recent.append(as_float(record.get("scale")))
         scale.readings += 1
         self.readings += 1
         step = int(record["step"])
         self.last_step = step if self.last_step is None else max(self.last_step, step)
-        fired = [(step, name, str(kind), _num(record.get("scale"))) for kind in record.get("alerts") or ()]
+        fired = [(step, name, str(kind), as_float(record.get("scale"))) for kind in record.get("alerts") or ()]
         self.alerts.extend(fired)
         self.alert_count += len(fired)
         return fired
 
 
-def _num(value: Any) -> float:
-    try:
-        return math.nan if value is None else float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def holding_now(record: Dict[str, Any]) -> List[str]:
     """The saturation conditions that hold at this reading (``pinned``: at this check alone)."""
-    scale, raw, lo, hi = (_num(record.get(k)) for k in ("scale", "raw", "min", "max"))
-    grad = None if record.get("grad") is None else _num(record.get("grad"))
-    w = _num(record.get("warn_fraction"))
+    scale, raw, lo, hi = (as_float(record.get(k)) for k in ("scale", "raw", "min", "max"))
+    grad = None if record.get("grad") is None else as_float(record.get("grad"))
+    w = as_float(record.get("warn_fraction"))
     w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
     if not (math.isfinite(scale) and math.isfinite(raw)) or (grad is not None and not math.isfinite(grad)):
         return [NON_FINITE]
@@ -210,7 +202,7 @@ _SPARK_ASCII = "_.,-=+*#"
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    v = _num(value)
+    v = as_float(value)
     return "nan" if math.isnan(v) else f"{v:.4g}"
 
 
@@ -222,8 +214,8 @@ def _position(value: float, lo: float, hi: float, width: int) -> Optional[int]:
 
 def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH) -> Tuple[List[str], Optional[int], str]:
     """Cell kinds across ``[min, max]`` (``ok``/``warn``), the value's cell, and raw's side (``<``, ``>`` or ``''``)."""
-    lo, hi, scale, raw = (_num(record.get(k)) for k in ("min", "max", "scale", "raw"))
-    w = _num(record.get("warn_fraction"))
+    lo, hi, scale, raw = (as_float(record.get(k)) for k in ("min", "max", "scale", "raw"))
+    w = as_float(record.get("warn_fraction"))
     w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
     up, down = upper_warning(hi, w), lower_warning(lo, hi, w)
     cells = []
@@ -297,7 +289,7 @@ def scale_table(shown: List[LiveScale], width: int, unicode: bool = True) -> Tab
     for s in shown:
         r = s.last
         held = holding_now(r)
-        lo, hi, raw = _num(r.get("min")), _num(r.get("max")), _num(r.get("raw"))
+        lo, hi, raw = as_float(r.get("min")), as_float(r.get("max")), as_float(r.get("raw"))
         rows.append((s, r, held, lo, hi, raw))
     cells = [[str(r.get("step")), _fmt(r.get("scale")), _fmt(r.get("raw")), _fmt(r.get("grad"))] for _, r, *_ in rows]
     fixed = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(("step", "value", "raw", "grad"))]

@@ -14,7 +14,7 @@ _EXPORTS = {
     "copy_history": "history", "iter_history": "history",
     "LearnableScale": "learnable_scale",
     "PRESETS": "presets", "preset": "presets",
-    "Reading": "reading", "read_scales": "reading",
+    "Reading": "reading", "read_scales": "scale_reader",
     "EveryNSteps": "schedule",
     "ALERT_KINDS": "saturation", "NEAR_LOWER": "saturation", "NEAR_UPPER": "saturation",
     "NON_FINITE": "saturation", "PINNED": "saturation", "Alert": "saturation", "SaturationTracker": "saturation",

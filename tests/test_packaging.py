@@ -76,3 +76,10 @@ def test_layering_dashboards_never_import_callbacks():
         bad = {m for m in imports(py) if m.split(".")[0] in ("pytorch_lightning", "lightning", "matplotlib", "wandb")
                or m.startswith(("scalewatch.dashboards", "scalewatch.callbacks"))}
         assert not bad, (py, bad)
+
+
+def test_the_command_line_starts_without_torch_or_matplotlib():
+    # `scalewatch report/watch` only read JSON lines: they must not pay torch's ~1 s import
+    code = "import sys, scalewatch.dashboards.cli; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
