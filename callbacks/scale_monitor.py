@@ -278,11 +278,11 @@ class ScaleMonitor(Callback):
         for r in readings:
             metrics.update(_reading_metrics(r))
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                log_scalars(logger, metrics, trainer.global_step)
-            else:
+            if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, TensorBoardLogger) and time.monotonic() - self._last_flush >= TENSORBOARD_FLUSH_SECS:
+                continue
+            log_scalars(logger, metrics, trainer.global_step)
+            if time.monotonic() - self._last_flush >= TENSORBOARD_FLUSH_SECS:
                 # SummaryWriter flushes every 120 s by default; flush after checks (at most
                 # every few seconds: it waits on the writer thread) so the live view follows.
                 logger.experiment.flush()
@@ -315,7 +315,9 @@ class ScaleMonitor(Callback):
         source = self.history.path if self.history.on_disk else self.history.records()
         if self.history.on_disk and not os.path.exists(self.history.path):
             return
-        fig = plotting.plot_history(source, max_panels=self.max_plot_panels)
+        # Loaded once: the PNG, TensorBoard and the W&B charts all draw these series.
+        series, left_out = plotting.load_series(source, self.max_plot_panels)
+        fig = plotting.plot_series(series, left_out)
         try:
             if write_png and self.history.on_disk:
                 png = os.path.join(self.log_dir, PLOT_FILENAME)
@@ -327,7 +329,7 @@ class ScaleMonitor(Callback):
                         logger.experiment.add_figure("scalewatch/plot", fig, global_step=trainer.global_step,
                                                      close=False)
                     elif isinstance(logger, WandbLogger):
-                        wandb_charts.log_plot(logger, fig, source, trainer.global_step, final=write_png)
+                        wandb_charts.log_plot(logger, fig, series, trainer.global_step, final=write_png)
         finally:
             plotting.close(fig)
 

@@ -87,6 +87,12 @@ def plot_history(source: HistorySource, *, max_panels: Optional[int] = 6, title:
         max_points: points per line after min/max thinning (the record is untouched).
     """
     series, left_out = load_series(source, max_panels)
+    return plot_series(series, left_out, title=title, max_points=max_points)
+
+
+def plot_series(series: List[ScaleSeries], left_out: int = 0, *, title: Optional[str] = None,
+                max_points: int = MAX_DRAWN_POINTS) -> Figure:
+    """Draw series already loaded with :func:`load_series` (see :func:`plot_history`)."""
     panels = max(1, len(series))
     fig, axes = plt.subplots(panels, 1, figsize=(10, 2.8 * panels + 0.6), sharex=True, squeeze=False)
     for ax, s in zip(axes[:, 0], series):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, Sequence, Union
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from scalewatch.dashboards.plot import envelope, load_series
+from scalewatch.dashboards.plot import envelope
+from scalewatch.dashboards.series import ScaleSeries
 
 log = logging.getLogger("scalewatch")
 
@@ -34,11 +35,9 @@ def define_scale_metrics(run: Any, names: Sequence[str]) -> None:
         log.warning("scalewatch could not define W&B metrics: %s", err)
 
 
-def bounds_charts(source: Union[str, Iterable[Dict[str, Any]]], max_panels: int = 6) -> Dict[str, Any]:
+def bounds_charts(series: List[ScaleSeries]) -> Dict[str, Any]:
     """One W&B line chart per scale: scale, min, max and the warning line over steps."""
     wandb = _wandb()
-
-    series, _ = load_series(source, max_panels)
     charts = {}
     for s in series:
         steps = np.frombuffer(s.steps, dtype=np.float64)
@@ -51,14 +50,14 @@ def bounds_charts(source: Union[str, Iterable[Dict[str, Any]]], max_panels: int 
     return charts
 
 
-def log_plot(logger: Any, fig: Any, source: Union[str, Iterable[Dict[str, Any]]], step: int, final: bool) -> None:
-    """Send the matplotlib plot as an image, and at the end of fit the bounds charts."""
+def log_plot(logger: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+    """Send the matplotlib plot as an image, and at the end of fit the bounds charts of the drawn series."""
     wandb = _wandb()
 
     try:
         payload: Dict[str, Any] = {"scalewatch/plot": wandb.Image(fig)}
         if final:
-            payload.update(bounds_charts(source))
+            payload.update(bounds_charts(series))
         payload[STEP_METRIC] = step
         logger.experiment.log(payload)
     except Exception as err:
