@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION
-from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, iter_history
+from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, iter_history, parse_record
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import SaturationTracker
 
@@ -371,11 +370,7 @@ def torn_tail(path: str) -> bool:
     last = tail.rsplit(b"\n", 1)[-1]
     if not last.strip():
         return False
-    try:
-        record = json.loads(last.decode("utf-8", errors="replace"))
-    except ValueError:
-        return True
-    return not (isinstance(record, dict) and "step" in record and "name" in record)
+    return parse_record(last.decode("utf-8", errors="replace")) is None
 
 
 def has_records(source: Source) -> bool:

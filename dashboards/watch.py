@@ -12,7 +12,6 @@ appended; a line without its newline yet is held back until the rest arrives.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -30,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION, as_float, closeness_to_bound
+from scalewatch.monitor.history import parse_record
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning,
                                            upper_warning)
@@ -117,14 +117,10 @@ class HistoryFollower:
     def _parse(self, line: bytes) -> Optional[Dict[str, Any]]:
         if not line.strip():
             return None
-        try:
-            record = json.loads(line)
-            if isinstance(record, dict) and "step" in record and "name" in record:
-                return record
-        except ValueError:
-            pass
-        self.bad_lines += 1
-        return None
+        record = parse_record(line)
+        if record is None:
+            self.bad_lines += 1
+        return record
 
 
 # ---- what is known so far --------------------------------------------------------------

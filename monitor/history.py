@@ -97,6 +97,15 @@ class ReadProblems:
         return "; ".join(parts)
 
 
+def parse_record(line: "str | bytes") -> Optional[Dict[str, Any]]:
+    """One history line as a reading, or ``None`` if it is not one (garbled, torn, other JSON)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record and "name" in record else None
+
+
 def iter_history(path: str, problems: Optional[ReadProblems] = None) -> Iterator[Dict[str, Any]]:
     """Stream the records of a history file, skipping lines that do not parse.
 
@@ -109,13 +118,9 @@ def iter_history(path: str, problems: Optional[ReadProblems] = None) -> Iterator
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            complete = line.endswith("\n")
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or "step" not in record or "name" not in record:
-                    raise ValueError("not a reading")
-            except ValueError:
-                if complete:
+            record = parse_record(line)
+            if record is None:
+                if line.endswith("\n"):
                     problems.note_bad(lineno)
                 else:
                     problems.torn_last_line = True
