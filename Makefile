@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.scalewatch-installed
 # the CPU wheel on disk; installed first so nothing pulls a CUDA build
 TORCH  := torch==2.13.0
+# Both Lightning packages, every front door's framework and every service, so the suite covers them all.
+EXTRAS := wandb,notify,lightning,pytorch-lightning,transformers,mmengine,examples,dev
+PINS   := lightning==2.6.6 pytorch-lightning==2.6.6
 
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -20,7 +23,7 @@ $(PY):
 # Re-running with nothing changed installs nothing: the stamp is newer than its inputs.
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[wandb,dev,examples]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" $(PINS)
 	touch $(STAMP)
 
 demo: $(STAMP)

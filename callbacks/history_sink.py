@@ -4,9 +4,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import warnings
 from typing import Any, Deque, Dict, Iterable, List, Optional
-
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from scalewatch.monitor.history import HistoryWriter, copy_history
 
@@ -58,8 +57,10 @@ class HistorySink:
         return list(self.memory)
 
     def _fall_back(self, err: OSError) -> None:
-        rank_zero_warn(f"scalewatch cannot write its history file {self.path!r} ({err}); training goes on, "
-                       f"readings are kept in memory (last {MEMORY_FALLBACK_RECORDS}) and in the loggers")
+        # Only rank zero keeps a history, so this warns once per run.
+        warnings.warn(f"scalewatch cannot write its history file {self.path!r} ({err}); training goes on, "
+                       f"readings are kept in memory (last {MEMORY_FALLBACK_RECORDS}) and in the loggers",
+                      stacklevel=2)
         if self._writer is not None:
             try:
                 self._writer.close()

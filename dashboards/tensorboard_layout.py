@@ -22,3 +22,20 @@ def write_margin_layout(writer: Any, names: Sequence[str]) -> None:
     if names:
         writer.add_custom_scalars(margin_layout(names))
         writer.flush()
+
+
+def scalars_summary(metrics: Dict[str, float]) -> Any:
+    """One TensorBoard ``Summary`` holding every value of a check.
+
+    ``SummaryWriter.add_scalar`` builds and queues one event per value: with a
+    thousand scales (6000 values) that is ~0.4 s a check. One summary holding every
+    value is the same on disk for TensorBoard's readers (``simple_value`` scalars,
+    the format ``add_scalar`` writes) at a fraction of the cost.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    summary = Summary()
+    add = summary.value.add
+    for tag, value in metrics.items():
+        add(tag=tag, simple_value=value)
+    return summary

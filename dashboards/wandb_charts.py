@@ -50,7 +50,7 @@ def bounds_charts(series: List[ScaleSeries]) -> Dict[str, Any]:
     return charts
 
 
-def log_plot(logger: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+def log_plot(run: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
     """Send the matplotlib plot as an image, and at the end of fit the bounds charts of the drawn series."""
     wandb = _wandb()
 
@@ -59,6 +59,6 @@ def log_plot(logger: Any, fig: Any, series: List[ScaleSeries], step: int, final:
         if final:
             payload.update(bounds_charts(series))
         payload[STEP_METRIC] = step
-        logger.experiment.log(payload)
+        run.log(payload)
     except Exception as err:
         log.warning("scalewatch could not send the plot to W&B: %s", err)

@@ -1,0 +1,486 @@
+"""ScaleWatcher: the one engine behind every front door, and the way in for a plain PyTorch loop.
+
+It knows no trainer. A front door (Lightning, HF Transformers, mmengine) only
+tells it when an optimizer step is about to happen, where the log directory is,
+which loggers exist and whether this process is rank zero; everything users see
+(keys, history lines, alert rules and messages, the plot) comes from here.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+
+import torch
+from torch import nn
+
+from scalewatch.callbacks.alert_sinks import send_alerts
+from scalewatch.callbacks.history_sink import HistorySink
+from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
+from scalewatch.callbacks.watch_settings import WatchSettings
+from scalewatch.dashboards.filenames import PLOT_FILENAME
+from scalewatch.monitor.history import HISTORY_FILENAME
+from scalewatch.monitor.reading import Reading
+from scalewatch.monitor.saturation import Alert, SaturationTracker
+from scalewatch.monitor.scale_reader import read_scales
+from scalewatch.monitor.schedule import EveryNSteps
+from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
+
+log = logging.getLogger("scalewatch")
+if not logging.getLogger().hasHandlers() and not log.handlers:
+    # As Lightning does for its own logger: the engine's info lines ("wrote the plot",
+    # "recording 2 scales to ...") show without any logging set-up, alerts as warnings.
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler())
+
+#: every_n_steps when neither the user nor the front door chooses one
+DEFAULT_EVERY_N_STEPS = 50
+
+
+def metric_key(name: str, field: str) -> str:
+    """The logger key of one field of one scale: ``scalewatch/NAME/FIELD``."""
+    return f"scalewatch/{name}/{field}"
+
+
+def reading_metrics(readings: Sequence[Reading]) -> Dict[str, float]:
+    """One check's readings as ``scalewatch/NAME/{scale,raw,grad,min,max,clamp_fraction}`` values."""
+    metrics: Dict[str, float] = {}
+    for r in readings:
+        prefix = f"scalewatch/{r.name}/"
+        metrics[prefix + "scale"] = r.scale
+        metrics[prefix + "raw"] = r.raw
+        if r.min is not None:
+            metrics[prefix + "min"] = r.min
+        if r.max is not None:
+            metrics[prefix + "max"] = r.max
+        if r.grad is not None:
+            metrics[prefix + "grad"] = r.grad
+        if r.clamp_fraction is not None:
+            metrics[prefix + "clamp_fraction"] = r.clamp_fraction
+    return metrics
+
+
+def _default_is_global_zero() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ScaleWatcher:
+    r"""Record bounded scales every N optimizer steps, alert when they saturate, plot them.
+
+    The framework-free engine. In a plain loop, call :meth:`step` after
+    ``backward()`` (and after ``scaler.unscale_(optimizer)`` under a GradScaler),
+    before ``optimizer.step()``, with the 0-based optimizer step; call
+    :meth:`close` at the end (or use it as a context manager).
+
+    A reading is taken when ``(step + 1) % every_n_steps == 0`` and logged at
+    ``step``. Off check steps :meth:`step` does integer work only: no tensor op, no
+    host-device synchronisation. On a check all watched values reach the host in
+    one transfer, however many scales are watched.
+
+    Args:
+        model: the ``nn.Module`` to watch. Every bounded scale of scalewatch in it
+            (``AttentionBiasGenerator``, ``LearnableScale``, any ``BoundedScale``) is
+            found by itself and named by its module path.
+        log_dir: where ``scalewatch_history.jsonl`` and ``scale_history.png`` go;
+            ``None`` keeps nothing on disk (loggers and alerts only).
+        every_n_steps: read every N optimizer steps (default 50).
+        params: bare parameters (or buffers) to watch with their bounds,
+            ``{"logit_scale": (0.0, math.log(100))}``.
+        tensorboard: a ``torch.utils.tensorboard.SummaryWriter`` to log to.
+        wandb_run: a W&B run (``wandb.init(...)``) to log to and alert through.
+        loggers: more destinations: :class:`ScaleSink`\ s, or any object with
+            ``log_metrics(metrics, step)`` (e.g. Lightning's ``CSVLogger``).
+        warn_fraction: ``near_upper`` fires when ``scale > warn_fraction * max``,
+            ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
+        patience: consecutive checks a scale must be pinned before ``pinned`` fires.
+        alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
+        on_saturation: ``"warn"``, or ``"stop"``: :attr:`should_stop` turns ``True``
+            at the step an alert fires.
+        plot: write ``scale_history.png`` into ``log_dir`` at :meth:`close` and send
+            it to TensorBoard and W&B.
+        plot_every_n_checks: also send the plot to the loggers every K checks.
+        max_plot_panels: how many scales the plot draws (those closest to a bound).
+        notify: notification URL(s) for alerts (apprise: Slack, ntfy, email, ...);
+            ``None`` reads ``SCALEWATCH_NOTIFY``.
+        grad_scaler: the loop's ``torch.amp.GradScaler``: its overflow steps have
+            non-finite gradients by design (it skips them), so those raise no alert.
+        is_global_zero: whether this process writes and alerts; default: rank 0 of
+            ``torch.distributed`` when it is initialised, else ``True``. Every rank
+            reads (the same all-reduced values), so every rank stops at the same step.
+
+    Raises:
+        ValueError: on a bad argument (named, with its value), a model that is not an
+            ``nn.Module``, or a ``params`` name the model does not have.
+
+    Example::
+
+        watcher = ScaleWatcher(model, log_dir="runs/clip", every_n_steps=50,
+                               params={"logit_scale": (0.0, math.log(100))})
+        with watcher:
+            for step, batch in enumerate(loader):
+                loss = loss_fn(model(batch))
+                loss.backward()
+                watcher.step(step)          # before optimizer.step()
+                optimizer.step(); optimizer.zero_grad()
+                if watcher.should_stop:
+                    break
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        log_dir: "Optional[str | os.PathLike[str]]" = None,
+        every_n_steps: Optional[int] = DEFAULT_EVERY_N_STEPS,
+        params: Optional[Mapping[str, Any]] = None,
+        tensorboard: Any = None,
+        wandb_run: Any = None,
+        loggers: Sequence[Any] = (),
+        warn_fraction: float = 0.9,
+        patience: int = 3,
+        alert_callback: Optional[Callable[[Alert], None]] = None,
+        on_saturation: str = "warn",
+        plot: bool = True,
+        plot_every_n_checks: Optional[int] = None,
+        max_plot_panels: int = 6,
+        notify: Any = None,
+        grad_scaler: Any = None,
+        is_global_zero: Optional[bool] = None,
+        settings: Optional[WatchSettings] = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}: {model!r:.200}")
+        if settings is None:
+            settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction, patience=patience,
+                                     params=params, on_saturation=on_saturation, alert_callback=alert_callback,
+                                     plot=plot, plot_every_n_checks=plot_every_n_checks,
+                                     max_plot_panels=max_plot_panels, notify=notify)
+        self.settings = settings
+        self.model = model
+        self.log_dir: Optional[str] = None if log_dir is None else os.fspath(log_dir)
+        self.scales: List[WatchedScale] = find_bounded_scales(model) + watch_parameters(model, settings.params)
+        self.schedule = EveryNSteps(settings.every_n_steps or DEFAULT_EVERY_N_STEPS)
+        self.tracker = SaturationTracker(settings.warn_fraction, settings.patience)
+        self.is_global_zero = _default_is_global_zero() if is_global_zero is None else bool(is_global_zero)
+        self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
+        self.grad_scaler = grad_scaler
+
+        self.last_step: int = -1      # the last step read
+        self.checks: int = 0          # readings taken
+        self.should_stop = False
+        self.last_readings: List[Reading] = []
+        self.history: Optional[HistorySink] = None
+        self._last_seen: Optional[int] = None
+        self._resume: Optional[Dict[str, Any]] = None
+        self._started = False
+        self._closed = False
+        self._tracking = False
+        self._notifier: Any = None
+        if not self.scales:
+            log.warning("scalewatch found no bounded scale (AttentionBiasGenerator, LearnableScale, ...) in %s and "
+                        "no `params` were given, so it records nothing; watch a bare parameter with "
+                        "params={'logit_scale': (0.0, 4.6052)}", type(model).__name__)
+
+    @staticmethod
+    def _sinks(tensorboard: Any, wandb_run: Any, loggers: Sequence[Any]) -> List[ScaleSink]:
+        sinks: List[ScaleSink] = []
+        if tensorboard is not None:
+            sinks.append(tensorboard if isinstance(tensorboard, ScaleSink) else TensorBoardSink(tensorboard))
+        if wandb_run is not None:
+            sinks.append(wandb_run if isinstance(wandb_run, ScaleSink) else WandbSink(wandb_run))
+        if isinstance(loggers, (str, bytes)) or not isinstance(loggers, Sequence):
+            raise ValueError(f"`loggers` must be a list of loggers, got {loggers!r}")
+        sinks.extend(x if isinstance(x, ScaleSink) else MetricsSink(x) for x in loggers)
+        return sinks
+
+    # ---- properties ---------------------------------------------------------------------
+
+    @property
+    def every_n_steps(self) -> int:
+        return self.schedule.every_n_steps
+
+    @property
+    def warn_fraction(self) -> float:
+        return self.tracker.warn_fraction
+
+    @property
+    def patience(self) -> int:
+        return self.tracker.patience
+
+    @property
+    def history_path(self) -> Optional[str]:
+        return None if self.log_dir is None else os.path.join(self.log_dir, HISTORY_FILENAME)
+
+    @property
+    def plot_path(self) -> Optional[str]:
+        return None if self.log_dir is None else os.path.join(self.log_dir, PLOT_FILENAME)
+
+    @property
+    def names(self) -> List[str]:
+        return [s.name for s in self.scales]
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    def start(self, step: int = 0) -> None:
+        """Begin (or continue) the record at optimizer step ``step``.
+
+        :meth:`step` calls this by itself the first time; a front door calls it when
+        training starts, after a checkpoint's state was loaded. A fresh start (step 0,
+        no state loaded) into a directory that already holds a history keeps that
+        history aside as ``scalewatch_history.previous-N.jsonl``; a resumed one cuts
+        the history back to the last step read, so steps never repeat.
+        """
+        self._check_open("start")
+        step = _check_step(step)
+        fresh = self._resume is None and step == 0
+        if fresh:  # a watcher reused for a new run starts its position and alerts anew
+            self.last_step, self.checks, self._last_seen = -1, 0, None
+            self.tracker.load_state_dict({})
+        self._started = True
+        self._track_clamp_fraction(self.schedule(step))  # the forward passes of the first step
+        if not self.is_global_zero:
+            self._resume = None
+            return
+        if self.history_path is not None:
+            if fresh:
+                self._set_aside_earlier_history()
+            self.history = HistorySink(self.history_path)
+            if self._resume is not None:
+                self.history.resume(self._resume.get("history_path"), self._resume["last_step"])
+            elif not fresh:  # e.g. another fit() of the same trainer goes on from its step
+                self.history.resume(self.history_path, min(self.last_step, step - 1))
+        self._resume = None
+        if self.settings.notify_urls and self._notifier is None:
+            from scalewatch.callbacks.notifier import Notifier
+
+            self._notifier = Notifier(list(self.settings.notify_urls), run_name=self._run_name())
+        for sink in self.sinks:
+            sink.start(self.names)
+        if self.scales:
+            where = self.history_path or "the loggers only (no log_dir)"
+            log.info("scalewatch: recording %d scale(s) every %d optimizer steps to %s", len(self.scales),
+                     self.every_n_steps, where)
+
+    def _run_name(self) -> str:
+        if self.log_dir is None:
+            return "scalewatch run"
+        parts = os.path.normpath(os.path.abspath(self.log_dir)).split(os.sep)
+        return "/".join(parts[-2:])
+
+    def _set_aside_earlier_history(self) -> None:
+        # A fresh (not resumed) run into a directory that already holds a history keeps the
+        # old record under another name instead of mixing two runs' steps in one file.
+        path = self.history_path
+        if path and os.path.isfile(path) and os.path.getsize(path) > 0:
+            stem, ext = os.path.splitext(path)
+            n = 1
+            while os.path.exists(f"{stem}.previous-{n}{ext}"):
+                n += 1
+            os.replace(path, f"{stem}.previous-{n}{ext}")
+            log.info("scalewatch: kept the earlier history of this directory as %s.previous-%d%s", stem, n, ext)
+
+    def step(self, step: int, *, grad_must_be_finite: Optional[bool] = None) -> List[Alert]:
+        """Read the scales if optimizer step ``step`` is a check step.
+
+        Call it once per optimizer step, after gradients are complete (accumulated,
+        unscaled) and before ``optimizer.step()``. Calling it again with the same step
+        (one call per optimizer) reads once.
+
+        Args:
+            step: the 0-based optimizer step about to be taken; must not go backwards.
+            grad_must_be_finite: ``False`` when this step's gradients may overflow by
+                design (a gradient scaler skips such steps); default: ``True`` unless
+                a ``grad_scaler`` was given and is enabled.
+
+        Returns:
+            The alerts that fired at this step (``[]`` off check steps).
+
+        Raises:
+            ValueError: for a ``step`` that is not an integer or goes backwards.
+            RuntimeError: after :meth:`close`.
+        """
+        if not self._started:
+            self.start(step)
+        elif self._closed:
+            self._check_open("step")
+        last_seen = self._last_seen
+        if step.__class__ is not int or step < 0:
+            step = _check_step(step)
+        if last_seen is not None and step < last_seen:
+            raise ValueError(f"`step` must not go backwards: got step={step} after step={last_seen} "
+                             "(pass the optimizer step count, e.g. the loop's step or trainer.global_step)")
+        self._last_seen = step
+        if not self.scales:
+            return []
+        # Plain integer checks: off check steps nothing touches a tensor. The clamp
+        # fraction is only computed in the forward passes of the next check step.
+        schedule = self.schedule
+        if schedule(step + 1) != self._tracking:
+            self._track_clamp_fraction(not self._tracking)
+        if not schedule(step) or step <= self.last_step:
+            return []
+        return self._check(step, grad_must_be_finite)
+
+    def _check(self, step: int, grad_must_be_finite: Optional[bool]) -> List[Alert]:
+        self.last_step = step
+        self.checks += 1
+        readings = read_scales(self.scales, step)
+        self.last_readings = readings
+        if grad_must_be_finite is None:
+            grad_must_be_finite = not (self.grad_scaler is not None and getattr(self.grad_scaler, "is_enabled",
+                                                                                lambda: True)())
+        update = self.tracker.update
+        alerts = [a for r in readings for a in update(r, grad_must_be_finite=grad_must_be_finite)]
+        if self.is_global_zero:
+            self._record(step, readings, alerts)
+            if alerts:
+                send_alerts(alerts, step, self.sinks, self.settings.alert_callback, self._notifier)
+            every = self.settings.plot_every_n_checks
+            if every and self.checks % every == 0:
+                self.publish_plot(step, write_png=False)
+        if alerts and self.settings.on_saturation == "stop":
+            # Every rank computed the same readings, so every rank stops at the same step.
+            self.should_stop = True
+            log.info("scalewatch: stopping training at step %d (on_saturation='stop')", step)
+        return alerts
+
+    def _record(self, step: int, readings: List[Reading], alerts: List[Alert]) -> None:
+        if self.sinks:
+            metrics = reading_metrics(readings)
+            for sink in self.sinks:
+                sink.log_metrics(metrics, step)
+        if self.history is not None:
+            fired: Dict[str, List[str]] = {}
+            for a in alerts:
+                fired.setdefault(a.name, []).append(a.kind)
+            extra = {"warn_fraction": self.warn_fraction, "patience": self.patience}
+            records = []
+            for r in readings:
+                record = r.to_record()
+                record.update(extra)
+                record["alerts"] = fired.get(r.name, [])
+                records.append(record)
+            self.history.append(records)
+
+    def _track_clamp_fraction(self, on: bool) -> None:
+        self._tracking = on
+        for s in self.scales:
+            if s.module is not None:
+                s.module.track_clamp_fraction = on
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"ScaleWatcher.{what}() was called after close(); its record is complete "
+                               f"({self.checks} check(s) in {self.history_path or 'the loggers'}). Create a new "
+                               "ScaleWatcher (with load_state_dict to continue the record) to watch more steps")
+
+    # ---- the end ------------------------------------------------------------------------
+
+    def publish_plot(self, step: Optional[int] = None, write_png: bool = True, to_loggers: bool = True) -> None:
+        """Draw the record: ``scale_history.png`` in ``log_dir`` and an image to the loggers."""
+        if not self.is_global_zero or self.history is None:
+            return
+        from scalewatch.dashboards import plot as plotting  # matplotlib only when drawing
+
+        on_disk = self.history.on_disk
+        if on_disk and not os.path.exists(self.history.path):
+            return
+        source = self.history.path if on_disk else self.history.records()
+        # Loaded once: the PNG, TensorBoard and the W&B charts all draw these series.
+        series, left_out = plotting.load_series(source, self.settings.max_plot_panels)
+        fig = plotting.plot_series(series, left_out)
+        step = max(self.last_step, 0) if step is None else step
+        try:
+            if write_png and on_disk and self.plot_path is not None:
+                fig.savefig(self.plot_path, dpi=110)
+                log.info("scalewatch: wrote %s", self.plot_path)
+            if to_loggers:
+                for sink in self.sinks:
+                    try:
+                        sink.log_figure(fig, series, step, final=write_png)
+                    except Exception as err:  # a picture must never end training
+                        log.warning("scalewatch could not send the plot to %s: %s", type(sink).__name__, err)
+        finally:
+            plotting.close(fig)
+
+    def close(self, error: Optional[BaseException] = None, step: Optional[int] = None) -> None:
+        """Finish the record: write the plot, flush the loggers, wait (bounded) for notifications.
+
+        Args:
+            step: the step the final plot is logged at; default: the last step given
+                to :meth:`step` (a trainer passes its step count at the end).
+            error: the exception training ended with, if any: the PNG is still
+                written, nothing is sent to the loggers, and a failure to draw is
+                logged instead of masking ``error``.
+
+        Safe to call twice.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.settings.plot and self._started:
+                if error is None:
+                    self.publish_plot(self._last_seen if step is None else step, write_png=True)
+                else:
+                    try:
+                        self.publish_plot(write_png=True, to_loggers=False)
+                    except Exception as err:  # never mask the training error
+                        log.warning("scalewatch could not draw the plot after the exception: %s", err)
+            for sink in self.sinks:
+                try:
+                    sink.flush()
+                except Exception as err:
+                    log.warning("scalewatch could not flush %s: %s", type(sink).__name__, err)
+        finally:
+            self._track_clamp_fraction(False)  # the modules' own default outside of watched training
+            if self.history is not None:
+                self.history.close()
+            if self._notifier is not None:
+                self._notifier.close()
+
+    def __enter__(self) -> "ScaleWatcher":
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.close(error=exc)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The watcher's position (not its history, which is on disk): last step read,
+        checks, alert state and the history's path."""
+        return {"last_step": self.last_step, "checks": self.checks, "history_path": self.history_path,
+                "tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the record of ``state_dict``: readings after its last step are cut from
+        the history (and, in a new ``log_dir``, the earlier readings are copied in).
+
+        Raises:
+            ValueError: for something that is not a ScaleWatcher state dict.
+        """
+        if not isinstance(state_dict, Mapping) or "last_step" not in state_dict:
+            raise ValueError(f"`state_dict` must be what ScaleWatcher.state_dict() returned, got {state_dict!r:.200}")
+        self._check_open("load_state_dict")
+        self.last_step = int(state_dict.get("last_step", -1))
+        self.checks = int(state_dict.get("checks", 0))
+        self.tracker.load_state_dict(state_dict.get("tracker", {}))
+        self._last_seen = self.last_step  # a resumed run goes on after the last step read
+        self._resume = {"last_step": self.last_step, "history_path": state_dict.get("history_path")}
+        if self._started and self.is_global_zero and self.history is not None:
+            self.history.resume(self._resume.get("history_path"), self.last_step)
+            self._resume = None
+
+    def __repr__(self) -> str:
+        return (f"ScaleWatcher({len(self.scales)} scale(s), every_n_steps={self.every_n_steps}, "
+                f"log_dir={self.log_dir!r}, checks={self.checks})")
+
+
+def _check_step(step: object) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"`step` must be an integer >= 0 (the optimizer step), got {step!r}")
+    return int(step)
