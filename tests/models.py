@@ -1,8 +1,15 @@
-"""Small real LightningModules used across the tests."""
+"""Small real LightningModules used across the tests, for either Lightning package.
+
+``DriftModel`` and ``LogitScaleModel`` are ``pytorch_lightning`` modules;
+``modules_for("lightning.pytorch")`` gives the same two on the unified package.
+"""
 from __future__ import annotations
 
+import importlib
+from functools import lru_cache
+from typing import Tuple
+
 import torch
-from pytorch_lightning import LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -14,7 +21,7 @@ def loader(n: int = 64, batch_size: int = 4, seed: int = 0, features: int = 8) -
     return DataLoader(TensorDataset(torch.randn(n, features, generator=g)), batch_size=batch_size)
 
 
-class DriftModel(LightningModule):
+class _Drift:
     """A bias generator whose scale the loss pushes up (``push=+1``) or down (``push=-1``).
 
     Weights are positive, so ``loss = -push * mean(bias)`` has gradient
@@ -46,7 +53,7 @@ class DriftModel(LightningModule):
         return loader()
 
 
-class LogitScaleModel(LightningModule):
+class _LogitScale:
     """The open_clip pattern: a bare ``logit_scale`` parameter clamped in place after each step."""
 
     def __init__(self, lr: float = 0.3, init: float = 3.0, max_value: float = 4.6052) -> None:
@@ -74,3 +81,24 @@ class LogitScaleModel(LightningModule):
 
     def train_dataloader(self):
         return loader()
+
+
+@lru_cache(maxsize=None)
+def modules_for(package: str) -> Tuple[type, type]:
+    """(DriftModel, LogitScaleModel) as LightningModules of ``package``
+    (``"pytorch_lightning"`` or ``"lightning.pytorch"``)."""
+    base = importlib.import_module(package).LightningModule
+    drift = type("DriftModel", (_Drift, base), {"__module__": __name__})
+    logit = type("LogitScaleModel", (_LogitScale, base), {"__module__": __name__})
+    return drift, logit
+
+
+def __getattr__(name: str) -> type:
+    # `from models import DriftModel` imports pytorch_lightning only when asked for, so a test
+    # interpreter without it can still use modules_for("lightning.pytorch").
+    if name in ("DriftModel", "LogitScaleModel"):
+        return modules_for("pytorch_lightning")[name == "LogitScaleModel"]
+    raise AttributeError(name)
+
+#: both Lightning packages, for tests parametrised over them
+LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning.pytorch")

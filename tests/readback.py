@@ -31,6 +31,18 @@ def tensorboard_tags(log_dir: str) -> Dict[str, list]:
     return ea.Tags()
 
 
+def tensorboard_layout(log_dir: str) -> Dict[str, Dict[str, List[str]]]:
+    """The custom-scalars layout: {category: {chart title: [value, lower, upper] tags}} of Margin charts."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    ea = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    ea.Reload()
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    return {cat.title: {c.title: [c.margin.series[0].value, c.margin.series[0].lower, c.margin.series[0].upper]
+                        for c in cat.chart} for cat in layout.category}
+
+
 def csv_series(log_dir: str, key: str) -> List[Tuple[int, float]]:
     with open(os.path.join(log_dir, "metrics.csv"), newline="") as f:
         return [(int(row["step"]), float(row[key])) for row in csv.DictReader(f) if row.get(key) not in (None, "")]

@@ -1,5 +1,10 @@
-"""ScaleMonitor on real Trainers with real loggers, read back from disk."""
+"""ScaleMonitor on real Trainers with real loggers, read back from disk.
+
+The three-logger run is made under both Lightning packages (``pytorch_lightning`` and
+``lightning.pytorch``): every test that reads it runs for each.
+"""
 import glob
+import importlib
 import json
 import logging
 import math
@@ -14,7 +19,7 @@ from pytorch_lightning.plugins import MixedPrecision
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import readback
-from models import DriftModel, LogitScaleModel
+from models import LIGHTNING_PACKAGES, DriftModel, LogitScaleModel, modules_for
 from scalewatch.callbacks import PLOT_FILENAME, ScaleMonitor, metric_key
 from scalewatch.monitor import HISTORY_FILENAME
 
@@ -29,16 +34,23 @@ def trainer(root, **kw):
     return pl.Trainer(**defaults)
 
 
-@pytest.fixture(scope="module")
-def three_logger_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=LIGHTNING_PACKAGES)
+def three_logger_run(tmp_path_factory, request):
+    package = request.param
+    lightning = importlib.import_module(package)
+    loggers = importlib.import_module(f"{package}.loggers")
     root = tmp_path_factory.mktemp("three")
     alerts = []
     monitor = ScaleMonitor(alert_callback=alerts.append)  # every_n_steps defaults to log_every_n_steps
-    tb = TensorBoardLogger(str(root), name="tb")
-    csv = CSVLogger(str(root), name="csv")
-    wb = WandbLogger(save_dir=str(root), offline=True, project="scalewatch-test")
-    t = trainer(root, max_steps=60, logger=[tb, csv, wb], callbacks=[monitor])
-    t.fit(DriftModel(lr=0.5))
+    assert isinstance(monitor, lightning.Callback)
+    tb = loggers.TensorBoardLogger(str(root), name="tb")
+    csv = loggers.CSVLogger(str(root), name="csv")
+    wb = loggers.WandbLogger(save_dir=str(root), offline=True, project="scalewatch-test")
+    t = lightning.Trainer(default_root_dir=str(root), enable_model_summary=False, enable_progress_bar=False,
+                          enable_checkpointing=False, max_steps=60, log_every_n_steps=5, logger=[tb, csv, wb],
+                          callbacks=[monitor])
+    assert type(t).__module__.startswith(package)
+    t.fit(modules_for(package)[0](lr=0.5))
     wb.experiment.finish()  # flush the offline run's .wandb file before reading it back
     wandb_dir = glob.glob(os.path.join(root, "wandb", "offline-run-*"))[0]
     return dict(trainer=t, monitor=monitor, tb=tb.log_dir, csv=csv.log_dir, wandb=wandb_dir, alerts=alerts)
@@ -99,6 +111,9 @@ def test_the_plot_and_custom_scalars_layout_are_written(three_logger_run):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     tags = readback.tensorboard_tags(run["tb"])
     assert "scalewatch/plot" in tags["images"]
+    # the CUSTOM SCALARS tab: one Margin chart of scale inside [min, max]
+    chart = readback.tensorboard_layout(run["tb"])["scalewatch"][GEN]
+    assert chart == [metric_key(GEN, "scale"), metric_key(GEN, "min"), metric_key(GEN, "max")]
 
 
 def test_gradient_accumulation_gives_one_reading_per_optimizer_step(tmp_path):
