@@ -83,3 +83,29 @@ def test_the_command_line_starts_without_torch_or_matplotlib():
     code = "import sys, scalewatch.dashboards.cli; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_plain_install_needs_no_trainer_and_each_framework_is_an_extra(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = re.findall(r"^Requires-Dist: (.+)$", meta, flags=re.M)
+
+    def name(req: str) -> str:
+        return re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].lower()
+
+    assert sorted(name(r) for r in requires if "extra ==" not in r) == ["matplotlib", "rich", "tensorboard", "torch"]
+    extras = {}
+    for r in requires:
+        if "extra ==" in r:
+            extras.setdefault(re.search(r'extra == "([^"]+)"', r).group(1), set()).add(name(r))
+    assert extras["lightning"] == {"lightning"} and extras["pytorch-lightning"] == {"pytorch-lightning"}
+    assert {"transformers", "mmengine", "wandb", "notify"} <= set(extras)
+
+
+def test_the_engine_knows_no_trainer():
+    # ScaleWatcher and everything it imports must work in a plain loop with no framework installed
+    for name in ("watcher.py", "watch_settings.py", "logger_sinks.py", "alert_sinks.py", "history_sink.py"):
+        text = (ROOT / "callbacks" / name).read_text()
+        found = set(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", text, flags=re.M))
+        bad = {m for m in found if m.split(".")[0] in ("pytorch_lightning", "lightning", "transformers", "mmengine")}
+        assert not bad, (name, bad)
