@@ -60,14 +60,20 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         plot_every_n_checks: also send the plot to the loggers every K checks.
         max_plot_panels: how many scales the plot draws (those closest to a bound
             or alerted); the rest are counted in its title.
-        notify: notification URL(s) for alerts (apprise); ``None`` reads the
-            ``SCALEWATCH_NOTIFY`` environment variable.
+        notify: apprise URL(s) alerts are sent to (Slack, ntfy, email, JSON webhooks,
+            ...): one string or a list; ``None`` reads ``SCALEWATCH_NOTIFY`` (URLs
+            separated by spaces or commas; keeps the secret out of code, YAML and the
+            saved config), ``[]`` sends nothing. One message per check, sent from a
+            background thread; the end of fit waits at most 10 s for pending ones.
         state_key_suffix: tells two monitors on one trainer apart in checkpoints.
 
     Raises:
         MisconfigurationException: on a bad argument (named, with its value), and at
             fit start for a ``params`` name the model does not have. It is caught
-            by ``except MisconfigurationException`` of either Lightning package.
+            by ``except MisconfigurationException`` of either Lightning package. An
+            unusable ``notify`` URL is one too, shown masked.
+        ImportError: ``notify`` URLs are given but apprise is not installed
+            (``pip install 'scalewatch[notify]'``).
 
     Example::
 

@@ -52,7 +52,7 @@ class WatchSettings:
     plot: bool = True
     plot_every_n_checks: Optional[int] = None
     max_plot_panels: int = 6
-    notify: Any = None
+    notify: Any = field(default=None, repr=False)  # a URL holds a token: never in a repr
 
     def __post_init__(self) -> None:
         if self.every_n_steps is not None:
@@ -78,10 +78,6 @@ class WatchSettings:
 
 
 def _resolve_notify(notify: Any) -> Tuple[str, ...]:
-    import os
-
-    if notify is None and not os.environ.get("SCALEWATCH_NOTIFY", "").strip():
-        return ()  # nothing asked for: no apprise import
-    from scalewatch.callbacks.notifier import resolve_notify  # apprise loads only if URLs are given
+    from scalewatch.callbacks.notifier import resolve_notify  # apprise loads only when URLs are given
 
     return tuple(resolve_notify(notify))

@@ -103,17 +103,29 @@ class ScaleWatcher:
             it to TensorBoard and W&B.
         plot_every_n_checks: also send the plot to the loggers every K checks.
         max_plot_panels: how many scales the plot draws (those closest to a bound).
-        notify: notification URL(s) for alerts (apprise: Slack, ntfy, email, ...);
-            ``None`` reads ``SCALEWATCH_NOTIFY``.
+        notify: apprise URL(s) alerts are sent to (Slack, ntfy, email, JSON webhooks,
+            ...): one string or a list; ``None`` reads ``SCALEWATCH_NOTIFY`` (URLs
+            separated by spaces or commas), ``[]`` sends nothing. One message per
+            check, sent from a background thread; :meth:`close` waits at most 10 s
+            (``NOTIFY_CLOSE_TIMEOUT``) for pending ones. Rank zero only.
         grad_scaler: the loop's ``torch.amp.GradScaler``: its overflow steps have
             non-finite gradients by design (it skips them), so those raise no alert.
         is_global_zero: whether this process writes and alerts; default: rank 0 of
             ``torch.distributed`` when it is initialised, else ``True``. Every rank
             reads (the same all-reduced values), so every rank stops at the same step.
+        first_step: how the caller numbers optimizer steps: ``0`` (default), the
+            0-based index of the step about to be taken (readings at N-1, 2N-1, ...,
+            Lightning's ``global_step``); ``1``, the step's number counted from 1
+            (readings at N, 2N, ..., HF Transformers' ``global_step`` after the step).
+            Readings are recorded and logged at the step as given, so a front door
+            picks the numbering its trainer logs the loss with.
 
     Raises:
-        ValueError: on a bad argument (named, with its value), a model that is not an
-            ``nn.Module``, or a ``params`` name the model does not have.
+        ValueError: on a bad argument (named, with its value; a ``notify`` URL shown
+            masked), a model that is not an ``nn.Module``, or a ``params`` name the
+            model does not have.
+        ImportError: ``notify`` URLs are given but apprise is not installed
+            (``pip install 'scalewatch[notify]'``).
 
     Example::
 
@@ -149,6 +161,7 @@ class ScaleWatcher:
         grad_scaler: Any = None,
         is_global_zero: Optional[bool] = None,
         settings: Optional[WatchSettings] = None,
+        first_step: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}: {model!r:.200}")
@@ -161,7 +174,7 @@ class ScaleWatcher:
         self.model = model
         self.log_dir: Optional[str] = None if log_dir is None else os.fspath(log_dir)
         self.scales: List[WatchedScale] = find_bounded_scales(model) + watch_parameters(model, settings.params)
-        self.schedule = EveryNSteps(settings.every_n_steps or DEFAULT_EVERY_N_STEPS)
+        self.schedule = EveryNSteps(settings.every_n_steps or DEFAULT_EVERY_N_STEPS, first_step)
         self.tracker = SaturationTracker(settings.warn_fraction, settings.patience)
         self.is_global_zero = _default_is_global_zero() if is_global_zero is None else bool(is_global_zero)
         self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
@@ -223,18 +236,19 @@ class ScaleWatcher:
 
     # ---- life cycle ---------------------------------------------------------------------
 
-    def start(self, step: int = 0) -> None:
-        """Begin (or continue) the record at optimizer step ``step``.
+    def start(self, step: Optional[int] = None) -> None:
+        """Begin (or continue) the record at optimizer step ``step`` (the next one :meth:`step` gets).
 
         :meth:`step` calls this by itself the first time; a front door calls it when
-        training starts, after a checkpoint's state was loaded. A fresh start (step 0,
-        no state loaded) into a directory that already holds a history keeps that
-        history aside as ``scalewatch_history.previous-N.jsonl``; a resumed one cuts
-        the history back to the last step read, so steps never repeat.
+        training starts, after a checkpoint's state was loaded. A fresh start (at
+        ``first_step``, the default, with no state loaded) into a directory that
+        already holds a history keeps that history aside as
+        ``scalewatch_history.previous-N.jsonl``; a resumed one cuts the history back
+        to the last step read, so steps never repeat.
         """
         self._check_open("start")
-        step = _check_step(step)
-        fresh = self._resume is None and step == 0
+        step = _check_step(self.schedule.first_step if step is None else step)
+        fresh = self._resume is None and step == self.schedule.first_step
         if fresh:  # a watcher reused for a new run starts its position and alerts anew
             self.last_step, self.checks, self._last_seen = -1, 0, None
             self.tracker.load_state_dict({})
@@ -266,8 +280,9 @@ class ScaleWatcher:
     def _run_name(self) -> str:
         if self.log_dir is None:
             return "scalewatch run"
+        # e.g. demo_runs/conservative/tensorboard/version_0 -> conservative/tensorboard/version_0
         parts = os.path.normpath(os.path.abspath(self.log_dir)).split(os.sep)
-        return "/".join(parts[-2:])
+        return "/".join(parts[-3:])
 
     def _set_aside_earlier_history(self) -> None:
         # A fresh (not resumed) run into a directory that already holds a history keeps the

@@ -1,0 +1,79 @@
+"""The text of a notification: one message for the alerts of one check, readable on a phone."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Mapping, Optional, Sequence, Tuple
+
+from scalewatch.monitor.display import format_range
+from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, Alert
+
+#: a message lists this many alerts in full; the rest are counted by kind
+NOTIFY_MAX_LISTED = 10
+
+#: what each alert means, in one line
+MEANING = {
+    NON_FINITE: "the raw value or its gradient is NaN/Inf: training has diverged or overflowed",
+    PINNED: "the clamp has cut its gradient: the raw parameter sits at or past the bound and no update brings it back",
+    NEAR_UPPER: "close to its upper bound: the softmax it feeds is near saturation",
+    NEAR_LOWER: "close to its lower bound: little modulation is left",
+}
+# Most urgent first, so a long message leads with what needs a person.
+_ORDER = {kind: i for i, kind in enumerate(MEANING)}
+_FAILURES = (NON_FINITE, PINNED)
+
+
+def _num(x: Optional[float]) -> str:
+    return "n/a" if x is None else format(x, ".4g")
+
+
+def _counts(alerts: Sequence[Alert]) -> str:
+    by_kind = Counter(a.kind for a in alerts)
+    return ", ".join(f"{kind} ×{n}" for kind, n in sorted(by_kind.items(), key=lambda kv: _ORDER.get(kv[0], 99)))
+
+
+def is_failure(alerts: Sequence[Alert]) -> bool:
+    """Whether the message reports a failure (pinned, non-finite) rather than a warning."""
+    return any(a.kind in _FAILURES for a in alerts)
+
+
+def format_message(run_name: str, step: int, alerts: Sequence[Alert],
+                   repeats: Mapping[Tuple[str, str], int], dropped: int = 0,
+                   max_listed: int = NOTIFY_MAX_LISTED) -> Tuple[str, str]:
+    """The title and body of one notification.
+
+    Args:
+        run_name: shown in the title, e.g. ``"runs/version_3"``.
+        step: the optimizer step of the check.
+        alerts: the alerts of that check to announce.
+        repeats: ``(name, kind) -> n`` crossings held back by the rate limit since
+            the last message about that scale and kind.
+        dropped: earlier messages this endpoint lost because its queue was full.
+        max_listed: how many alerts are listed in full; the rest are counted.
+
+    Returns:
+        ``(title, body)``.
+    """
+    ordered = sorted(alerts, key=lambda a: _ORDER.get(a.kind, 99))
+    if len(ordered) == 1:
+        what = f"{ordered[0].kind} {ordered[0].name}"
+    else:
+        what = f"{len(ordered)} alerts ({_counts(ordered)})"
+    title = f"⚠️ scalewatch · {run_name}: {what} at step {step}"
+
+    lines = []
+    for a in ordered[:max_listed]:
+        lines.append(f"{a.kind} · {a.name} · step {a.step}")
+        lines.append(f"scale {_num(a.scale)} in {format_range(a.min, a.max, fmt='.4g')} · raw {_num(a.raw)} · "
+                     f"grad {_num(a.grad)}")
+        lines.append(f"→ {MEANING.get(a.kind, a.message)}")
+        held = repeats.get((a.name, a.kind), 0)
+        if held:
+            lines.append(f"(crossed {held} more time(s) since the last message about it, not sent: rate limit)")
+        lines.append("")
+    rest = ordered[max_listed:]
+    if rest:
+        lines.append(f"… and {len(rest)} more at this check: {_counts(rest)}")
+    if dropped:
+        lines.append(f"{dropped} earlier message(s) were dropped: this endpoint did not keep up.")
+    lines.append(f"Every alert is in scalewatch_history.jsonl of {run_name} (scalewatch report RUN_DIR).")
+    return title, "\n".join(lines)
