@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.scalewatch-installed
 TORCH  := torch==2.13.0
 # Both Lightning packages, every front door's framework and every service, so the suite covers them all.
 EXTRAS := wandb,notify,lightning,pytorch-lightning,transformers,mmengine,examples,dev
-PINS   := lightning==2.6.6 pytorch-lightning==2.6.6
+# torch pinned again here: open_clip pulls torchvision, whose newest release would replace it
+# with the newest CUDA build; the pin makes pip pick the torchvision made for this torch.
+PINS   := $(TORCH) lightning==2.6.6 pytorch-lightning==2.6.6
 
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -21,7 +23,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Re-running with nothing changed installs nothing: the stamp is newer than its inputs.
-$(STAMP): $(PY) setup.cfg pyproject.toml
+$(STAMP): $(PY) setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" $(PINS)
 	touch $(STAMP)
