@@ -23,9 +23,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Re-running with nothing changed installs nothing: the stamp is newer than its inputs.
-$(STAMP): $(PY) setup.cfg pyproject.toml Makefile
+# The registry's torchvision (for open_clip and timm) is a CUDA build whose C++ ops cannot load
+# next to the CPU torch; the hook in .ci/venv lets its Python parts import (see that file).
+COMPAT := .ci/venv/torchvision_cpu_compat.py .ci/venv/torchvision_cpu_compat.pth
+
+$(STAMP): $(PY) setup.cfg pyproject.toml Makefile $(COMPAT)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" $(PINS)
+	$(PY) -c "import shutil, sys, sysconfig; [shutil.copy(f, sysconfig.get_paths()['purelib']) for f in sys.argv[1:]]" $(COMPAT)
 	touch $(STAMP)
 
 demo: $(STAMP)
