@@ -37,6 +37,9 @@ class SensorFusionModel(pl.LightningModule):
         health_dim: size of a token's health reading.
         d_model: embedding size.
         num_heads: attention heads.
+        per_head_scale: ``True``: one learnable bias scale per attention head
+            (``AttentionBiasGenerator(num_heads=num_heads)``, read as ``NAME[h]``);
+            ``False`` (default): one scale shared by every head, as before.
         router_hidden: width of the router's MLP.
         lr: AdamW learning rate of every weight except the scale.
         bias_scale_lr: learning rate of the scale; ``None`` uses ``lr``. Raising it
@@ -49,14 +52,16 @@ class SensorFusionModel(pl.LightningModule):
                  learnable_scale: bool = True, bound: Literal["hard", "soft"] = "hard",
                  num_positions: int = 8, content_dim: int = 4, health_dim: int = 1, d_model: int = 32,
                  num_heads: int = 2, router_hidden: int = 16, lr: float = 3e-3,
-                 bias_scale_lr: Optional[float] = None, weight_decay: float = 0.01) -> None:
+                 bias_scale_lr: Optional[float] = None, weight_decay: float = 0.01,
+                 per_head_scale: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         scale_args = preset_arguments(preset)
         overrides = {"bias_scale": bias_scale, "min_scale": min_scale, "max_scale": max_scale}
         scale_args.update({k: v for k, v in overrides.items() if v is not None})
         generator = AttentionBiasGenerator(**scale_args, learnable_scale=learnable_scale, bound=bound,
-                                           use_local_bias=True, fp16=True)
+                                           use_local_bias=True, fp16=True,
+                                           num_heads=num_heads if per_head_scale else None)
         self.content_proj = nn.Linear(content_dim, d_model)
         self.position_embedding = nn.Parameter(torch.randn(num_positions, d_model) * 0.5)
         self.sensor_embedding = nn.Parameter(torch.randn(2, d_model) * 0.5)

@@ -17,13 +17,15 @@ class SensorFusionAttention(nn.Module):
     ``logits = q k^T / sqrt(d_head) + bias``, ``bias = attention_bias_generator(router(queries, health))``:
     the router says, per query and token, how far to trust the token (in
     ``[-1, 1]``), the generator turns that into a logit shift of at most
-    ``±min(5, max_scale)``, the same for every head.
+    ``±min(5, max_scale)``: the same for every head, or, with a per-head generator
+    (``AttentionBiasGenerator(num_heads=num_heads)``), scaled by each head's own scale.
 
     Args:
         d_model: embedding size of queries and tokens.
         num_heads: attention heads; ``d_model`` must be divisible by it.
         attention_bias_generator: the bounded-scale bias (``use_local_bias=True``:
-            one weight per query-token pair).
+            one weight per query-token pair); its ``num_heads`` is ``None`` (one
+            scale) or ``num_heads`` (one scale per head).
         health_dim: size of a token's health reading (the router's input).
         router_hidden: width of the router's MLP.
     """
@@ -35,6 +37,9 @@ class SensorFusionAttention(nn.Module):
             raise ValueError(f"`d_model` ({d_model}) must be divisible by `num_heads` ({num_heads})")
         if not attention_bias_generator.use_local_bias:
             raise ValueError("the router gives one weight per query-token pair: use_local_bias must be True")
+        if attention_bias_generator.num_heads not in (None, num_heads):
+            raise ValueError(f"`attention_bias_generator.num_heads` must be None or `num_heads` ({num_heads}), "
+                             f"got {attention_bias_generator.num_heads}")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.q_proj = nn.Linear(d_model, d_model)
@@ -64,8 +69,12 @@ class SensorFusionAttention(nn.Module):
         k = self._split_heads(self.k_proj(tokens))
         v = self._split_heads(self.v_proj(tokens))
         weights = self.router(queries, health)  # [B, Q, K] in [-1, 1]
-        bias = self.attention_bias_generator(weights)  # [B, Q, K], |bias| <= min(5, max_scale)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias.unsqueeze(1).to(q.dtype)
+        generator = self.attention_bias_generator
+        if generator.num_heads is None:
+            bias = generator(weights).unsqueeze(1)  # [B, 1, Q, K], |bias| <= min(5, max_scale)
+        else:  # the same weights for every head, each scaled by its own scale
+            bias = generator(weights.unsqueeze(1).expand(-1, self.num_heads, -1, -1))  # [B, H, Q, K]
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias.to(q.dtype)
         probs = torch.softmax(logits, dim=-1)
         out = (probs @ v).transpose(1, 2).reshape(batch, -1, self.num_heads * self.head_dim)
         return self.out_proj(out), probs

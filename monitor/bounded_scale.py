@@ -1,7 +1,8 @@
 """The one interface every bounded scale of scalewatch shares.
 
-A bounded scale is a scalar that a model learns (or keeps fixed) but only uses
-inside ``[min_scale, max_scale]``. What a monitor needs of it is small: the raw
+A bounded scale is a scalar (or a small tensor of them, e.g. one per attention
+head) that a model learns (or keeps fixed) but only uses inside
+``[min_scale, max_scale]``. What a monitor needs of it is small: the raw
 tensor the optimizer updates, the effective value the model uses, the bounds,
 and how the bound is enforced. ScaleMonitor finds every module that subclasses
 :class:`BoundedScale` and reads it through this interface alone.
@@ -9,7 +10,7 @@ and how the bound is enforced. ScaleMonitor finds every module that subclasses
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ BOUNDS = ("hard", "soft")
 
 
 class BoundedScale(nn.Module):
-    """A learnable (or fixed) scalar used only inside ``[min_scale, max_scale]``.
+    """A learnable (or fixed) scalar, or tensor of scalars, used only inside ``[min_scale, max_scale]``.
 
     Args:
         init: the effective scale to start from; must lie in the bounds
@@ -37,6 +38,8 @@ class BoundedScale(nn.Module):
             bounds but is never exactly zero. Soft bounds never pin, but the scale
             reacts more slowly near the bounds and never reaches them exactly.
         init_name: the argument name used for ``init`` in error messages.
+        shape: shape of the raw tensor, every element starting at ``init``; ``()``
+            (the default) is a single scalar. The bounds apply element-wise.
 
     Raises:
         ValueError: on non-finite or inconsistent bounds, an ``init`` outside
@@ -47,7 +50,7 @@ class BoundedScale(nn.Module):
     raw_scale_name: str = "raw"
 
     def __init__(self, init: float, min_scale: float, max_scale: float, learnable: bool = True,
-                 bound: Bound = "hard", *, init_name: str = "init") -> None:
+                 bound: Bound = "hard", *, init_name: str = "init", shape: Sequence[int] = ()) -> None:
         super().__init__()
         self.min_scale, self.max_scale = check_bounds(min_scale, max_scale)
         init = check_finite_number(init_name, init)
@@ -61,7 +64,7 @@ class BoundedScale(nn.Module):
                              f"with bound='soft' (the sigmoid never reaches its ends), got {init!r}")
         self.bound: Bound = bound
         self.learnable = bool(learnable)
-        raw = torch.tensor(self._raw_from_scale(init), dtype=torch.float32)
+        raw = torch.full(tuple(shape), self._raw_from_scale(init), dtype=torch.float32)
         if self.learnable:
             setattr(self, self.raw_scale_name, nn.Parameter(raw))
         else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Tuple
+from typing import Optional, Tuple
 
 
 def check_finite_number(name: str, value: object) -> float:
@@ -16,12 +16,21 @@ def check_finite_number(name: str, value: object) -> float:
 
 
 def check_bounds(min_scale: object, max_scale: object, *, min_name: str = "min_scale",
-                 max_name: str = "max_scale") -> Tuple[float, float]:
-    """Validate a ``(min, max)`` pair: finite, ``max > 0``, ``min < max``."""
-    lo = check_finite_number(min_name, min_scale)
-    hi = check_finite_number(max_name, max_scale)
-    if hi <= 0:
+                 max_name: str = "max_scale", optional: bool = False) -> Tuple[Optional[float], Optional[float]]:
+    """Validate a ``(min, max)`` pair: finite, ``max > 0``, ``min < max``.
+
+    Args:
+        optional: allow a missing side (``None``, a one-sided bound); not both.
+
+    Raises:
+        ValueError: naming the bad side and showing its value.
+    """
+    if optional and min_scale is None and max_scale is None:
+        raise ValueError(f"`{min_name}` and `{max_name}` cannot both be None: give at least one bound")
+    lo = None if optional and min_scale is None else check_finite_number(min_name, min_scale)
+    hi = None if optional and max_scale is None else check_finite_number(max_name, max_scale)
+    if hi is not None and hi <= 0:
         raise ValueError(f"`{max_name}` must be > 0, got {max_scale!r}")
-    if lo >= hi:
+    if lo is not None and hi is not None and lo >= hi:
         raise ValueError(f"`{min_name}` must be < `{max_name}`, got {min_name}={min_scale!r} >= {max_name}={max_scale!r}")
     return lo, hi

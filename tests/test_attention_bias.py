@@ -1,5 +1,6 @@
 """AttentionBiasGenerator: clamps, the gradient trap, soft bounds, dtypes, presets, bad input."""
 import math
+import re
 
 import pytest
 import torch
@@ -188,3 +189,153 @@ def test_learnable_scale_shares_the_interface():
     assert isinstance(ls, BoundedScale) and ls.raw_scale is ls.raw_scale
     assert ls(torch.ones(3)).tolist() == pytest.approx([2.0] * 3)
     assert ls.scale_bounds == (0.0, 4.6052)
+
+
+# ---- one scale per head (num_heads=H) ---------------------------------------------------
+
+H = 3
+
+
+def per_head(**kw):
+    return AttentionBiasGenerator(**{"bias_scale": 2.0, "min_scale": 0.5, "max_scale": 5.0, "num_heads": H, **kw})
+
+
+def set_heads(gen, values):
+    with torch.no_grad():
+        gen.bias_scale.copy_(torch.tensor(values).reshape(-1, 1, 1))
+
+
+def test_num_heads_none_keeps_the_scalar_exactly():
+    gen = AttentionBiasGenerator(num_heads=None)
+    assert gen.num_heads is None and gen.bias_scale.shape == ()
+    assert "num_heads" not in repr(gen)
+    w = torch.rand(2, 4, 5) * 2 - 1
+    torch.testing.assert_close(gen(w), AttentionBiasGenerator()(w), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_local_bias,shape,out_shape", [
+    (True, (2, H, 4, 5), (2, H, 4, 5)),       # [B, H, Q, K]
+    (True, (H, 4, 5), (H, 4, 5)),             # no batch dimension
+    (False, (2, H, 5), (2, H, 1, 5)),         # [B, H, K] -> one row per head, broadcast over queries
+])
+def test_per_head_forward_shapes_and_values(use_local_bias, shape, out_shape):
+    gen = per_head(use_local_bias=use_local_bias)
+    set_heads(gen, [1.0, 2.0, 3.0])
+    assert gen.bias_scale.shape == (H, 1, 1) and gen.scale.shape == (H, 1, 1)
+    w = torch.rand(*shape) * 2 - 1
+    bias = gen(w)
+    assert bias.shape == out_shape
+    for h, s in enumerate([1.0, 2.0, 3.0]):
+        expected = w.select(-3 if use_local_bias else -2, h) * s
+        got = bias.select(-3, h) if use_local_bias else bias.select(-3, h).squeeze(-2)
+        torch.testing.assert_close(got, expected)
+    if not use_local_bias:
+        logits = torch.zeros(2, H, 4, 5) + bias  # [B, H, Q, K]: the same row for every query of a head
+        assert torch.equal(logits[:, :, 0], logits[:, :, 3])
+
+
+def test_per_head_clamp_bounds_and_final_limit_per_head():
+    gen = per_head(max_scale=8.0)
+    set_heads(gen, [9.0, 0.1, 3.0])  # above max, below min, inside
+    assert gen.scale.flatten().tolist() == [8.0, 0.5, 3.0]
+    gen.track_clamp_fraction = True
+    w = torch.tensor([-1.0, -0.5, 0.25, 1.0]).expand(2, H, 3, 4)
+    bias = gen(w)
+    # the final clamp is +-min(5, max_scale) = 5 for every head
+    torch.testing.assert_close(bias[:, 0], torch.clamp(w[:, 0] * 8.0, -5, 5))
+    torch.testing.assert_close(bias[:, 1], w[:, 1] * 0.5)
+    assert bias.abs().max().item() == 5.0
+    # head 0: |w * 8| >= 5 for |w| in {1, 1}, not for 0.5 (4.0) or 0.25: half its entries are cut
+    assert gen.clamp_fraction.shape == (H,)
+    assert gen.clamp_fraction.tolist() == pytest.approx([0.5, 0.0, 0.0])
+
+
+def test_gradient_trap_per_head():
+    gen = per_head()
+    set_heads(gen, [5.3, 0.2, 2.0])  # head 0 above max, head 1 below min, head 2 inside
+    w = torch.full((2, H, 4, 4), 0.5)
+    gen(w).sum().backward()
+    grad = gen.bias_scale.grad.flatten().tolist()
+    assert grad[0] == 0.0 and grad[1] == 0.0  # pinned: the clamp cut these heads' gradients
+    assert grad[2] == pytest.approx(w[:, 2].sum().item())  # the free head learns as before
+
+
+def test_per_head_soft_bound():
+    gen = per_head(bias_scale=4.9, bound="soft")
+    assert gen.scale.flatten().tolist() == pytest.approx([4.9] * H, rel=1e-5)
+    with torch.no_grad():
+        gen.bias_scale[0].add_(5.0)  # far up: the soft map approaches max, never reaches it
+    s = gen.scale.flatten()
+    assert 4.9 < s[0].item() < 5.0
+    w = torch.full((1, H, 2, 2), 0.5)
+    gen(w).sum().backward()
+    grad = gen.bias_scale.grad.flatten()
+    analytic = w[0, 0].sum() * (s - 0.5) * (5.0 - s) / (5.0 - 0.5)
+    assert (grad != 0).all()
+    torch.testing.assert_close(grad, analytic.detach(), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_per_head_fp16_half_in_half_out_and_finite(autocast):
+    gen = per_head(bias_scale=5.0, max_scale=8.0)
+    w = torch.tensor([-60000.0, -1.0, 0.3, 1.0, 60000.0], dtype=torch.float16).expand(1, H, 2, 5)
+    with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+        out = gen(w)
+    assert out.dtype == torch.float16 and out.shape == (1, H, 2, 5)
+    assert torch.isfinite(out).all() and out.abs().max().item() == pytest.approx(5.0)
+    assert gen.scale.dtype == torch.float32
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_per_head_state_dict_round_trip(learnable):
+    gen = per_head(learnable_scale=learnable)
+    set_heads(gen, [1.5, 2.5, 3.5])
+    state = gen.state_dict()
+    assert set(state) == {"bias_scale"} and state["bias_scale"].shape == (H, 1, 1)
+    other = per_head(learnable_scale=learnable, bias_scale=1.0)
+    other.load_state_dict(state)
+    assert other.scale.flatten().tolist() == [1.5, 2.5, 3.5]
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a scalar generator's state does not fit
+        other.load_state_dict(AttentionBiasGenerator(learnable_scale=learnable).state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_per_head_presets(name):
+    gen = AttentionBiasGenerator.from_preset(name, num_heads=8)
+    p = PRESETS[name]
+    assert gen.num_heads == 8 and gen.bias_scale.shape == (8, 1, 1)
+    assert gen.scale.flatten().tolist() == pytest.approx([p["bias_scale"]] * 8)
+    assert (gen.min_scale, gen.max_scale, gen.bias_limit) == (p["min_scale"], p["max_scale"], min(5.0, p["max_scale"]))
+
+
+def test_per_head_generator_is_discovered_head_by_head():
+    from scalewatch.monitor import find_bounded_scales, read_scales
+
+    model = nn.Module()
+    model.attn = nn.Module()
+    model.attn.bias = per_head()
+    set_heads(model.attn.bias, [6.0, 2.0, 3.0])
+    model.attn.bias.track_clamp_fraction = True
+    model.attn.bias(torch.ones(2, H, 4, 4)).sum().backward()
+    (watched,) = find_bounded_scales(model)
+    assert watched.numel == H and watched.element_names() == ["attn.bias[0]", "attn.bias[1]", "attn.bias[2]"]
+    readings = read_scales([watched], step=7)
+    assert [r.name for r in readings] == watched.element_names()
+    assert [(r.tensor, r.index) for r in readings] == [("attn.bias", h) for h in range(H)]
+    assert [r.scale for r in readings] == [5.0, 2.0, 3.0] and [r.raw for r in readings] == [6.0, 2.0, 3.0]
+    assert [r.grad for r in readings] == [0.0, 32.0, 32.0]  # d/d(scale) of the sum of 2 x 4 x 4 ones
+    assert [r.clamp_fraction for r in readings] == [1.0, 0.0, 0.0]  # only head 0 reaches the limit 5
+
+
+@pytest.mark.parametrize("num_heads", [0, -2, 2.5, "8", True])
+def test_bad_num_heads_is_a_clear_error(num_heads):
+    with pytest.raises(ValueError, match=r"`num_heads`.*" + re.escape(repr(num_heads))):
+        AttentionBiasGenerator(num_heads=num_heads)
+
+
+@pytest.mark.parametrize("use_local_bias,shape", [(True, (2, 4, 4, 4)), (True, (4, 4)), (False, (2, 4, 5)),
+                                                  (False, (5,))])
+def test_weights_without_the_head_dimension_are_a_clear_error(use_local_bias, shape):
+    gen = per_head(use_local_bias=use_local_bias)
+    with pytest.raises(ValueError, match=r"`weights`.*num_heads = 3.*" + re.escape(str(shape))):
+        gen(torch.zeros(shape))
