@@ -1,8 +1,9 @@
-"""The ``scalewatch`` command line: plot, report and watch a run's scales.
+"""The ``scalewatch`` command line: plot, report, compare and watch runs' scales.
 
-    scalewatch plot   RUN_DIR [-o FILE]   # scale_history.png from the run's history
-    scalewatch report RUN_DIR [--json]    # last/min/max, time near a bound, alerts
-    scalewatch watch  RUN_DIR             # live view while training writes the history
+    scalewatch plot    RUN_DIR [-o FILE]          # scale_history.png from the run's history
+    scalewatch report  RUN_DIR [--json]           # last/min/max, time near a bound, alerts
+    scalewatch compare RUN RUN ... [-o FILE]      # runs side by side: table (or --json), figure
+    scalewatch watch   RUN_DIR                    # live view while training writes the history
 
 RUN_DIR is a run's log directory or any folder above it (the newest history
 file below it is used), or a file: a history ``.jsonl``, a TensorBoard event
@@ -22,9 +23,13 @@ from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_F
                                            TENSORBOARD, Source, SourceError, find_history, find_source, has_records,
                                            torn_tail)
 from scalewatch.monitor.history import HISTORY_FILENAME
-from scalewatch.dashboards.filenames import PLOT_FILENAME
+from scalewatch.dashboards.filenames import COMPARE_FILENAME, PLOT_FILENAME
 
 PROG = "scalewatch"
+
+
+class UsageError(Exception):
+    """The arguments cannot work together; exit 2 like argparse."""
 
 
 def _error(message: str) -> None:
@@ -82,7 +87,7 @@ def _short(path: str, parts: int = 3) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print per scale the last/min/max values, readings near a bound, and the alerts."""
-    from scalewatch.dashboards.report import report_json, report_text, summarize
+    from scalewatch.dashboards.report import report_json, report_text, source_json, summarize
 
     src = _source(args)
     summaries = summarize(src.records())
@@ -90,15 +95,40 @@ def cmd_report(args: argparse.Namespace) -> int:
         _warn_problems(src)
         raise SourceError(f"{src.path}: no readings in it yet")
     if args.json:
-        problems = {"torn_last_line": src.problems.torn_last_line, "bad_lines": src.problems.bad_count}
-        source = {"kind": src.kind, "path": src.path, "note": src.note, "problems": problems}
-        if src.kind != HISTORY:
-            source["alerts_recomputed"] = {"warn_fraction": src.warn_fraction, "patience": src.patience}
-        print(json.dumps(report_json(summaries, source), indent=2))
+        print(json.dumps(report_json(summaries, source_json(src)), indent=2))
     else:
         print(report_text(summaries, src.describe()))
     _warn_problems(src)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Put several runs side by side: a table (or JSON) per scale, and with -o a figure."""
+    from scalewatch.dashboards.compare import compare_runs, comparison_json, comparison_text
+
+    if len(args.runs) < 2:
+        raise UsageError("compare needs at least two runs (for one run: scalewatch report / plot)")
+    comparison = compare_runs(args.runs, keep_going=args.keep_going, metric=args.metric, kind=args.source,
+                              warn_fraction=args.warn_fraction, patience=args.patience,
+                              gradient=args.gradient and args.output is not None, workers=os.cpu_count() or 1)
+    for _, why in comparison.skipped:
+        _warn(f"skipped {why}")
+    for run in comparison.runs:
+        _warn_problems(run.source)
+    if args.json:
+        print(json.dumps(comparison_json(comparison), indent=2))
+    else:
+        print(comparison_text(comparison))
+    if args.output:
+        from scalewatch.dashboards.plot import save_compare  # matplotlib only when drawing
+
+        if not comparison.shared:
+            raise SourceError("the runs share no scale name, so there is nothing to draw side by side")
+        out = os.path.join(args.output, COMPARE_FILENAME) if os.path.isdir(args.output) else args.output
+        save_compare(comparison, out, normalise=args.normalise, gradient=args.gradient,
+                     max_panels=None if args.max_panels == 0 else args.max_panels, title=args.title)
+        print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if comparison.skipped else 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -153,9 +183,10 @@ def _bounded(kind: Callable[[str], Any], low: float, what: str, inclusive: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``scalewatch`` argument parser with its three subcommands."""
+    """The ``scalewatch`` argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Plot, report and watch the learnable, clamped scales a run recorded with ScaleMonitor.",
+        prog=PROG, description="Plot, report, compare and watch the learnable, clamped scales runs recorded "
+                               "with ScaleMonitor.",
         epilog="RUN_DIR: a run's log directory or a folder above it (the newest history file below it is used), "
                "or one file: a history .jsonl, a TensorBoard event file, a CSVLogger metrics.csv.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -176,14 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--patience", type=_bounded(int, 1, "an integer >= 1"), default=DEFAULT_PATIENCE,
                          help=f"... and this pinned patience (default {DEFAULT_PATIENCE})")
 
-    p = sub.add_parser("plot", parents=[common, reading], help="draw the scales against their bounds (PNG)",
+    drawing = argparse.ArgumentParser(add_help=False)
+    drawing.add_argument("--max-panels", type=_bounded(int, 0, "an integer >= 0"), default=6, metavar="N",
+                         help="draw at most N scales, those closest to a bound or alerted (0: all; default 6)")
+    drawing.add_argument("--title", help="figure title")
+
+    p = sub.add_parser("plot", parents=[common, reading, drawing], help="draw the scales against their bounds (PNG)",
                        description="Draw each scale over the steps against its min/max and warning lines, alerts "
                                    "marked; from the history file, TensorBoard events or a CSVLogger metrics.csv.")
     p.add_argument("-o", "--output", metavar="FILE",
                    help=f"where to write (default: {PLOT_FILENAME} next to the source; a directory: inside it)")
-    p.add_argument("--max-panels", type=_bounded(int, 0, "an integer >= 0"), default=6, metavar="N",
-                   help="draw at most N scales, those closest to a bound or alerted (0: all; default 6)")
-    p.add_argument("--title", help="figure title")
     p.set_defaults(handler=cmd_plot)
 
     r = sub.add_parser("report", parents=[common, reading], help="last/min/max, time near a bound, alerts",
@@ -191,6 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and every alert with its step.")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table (non-finite numbers as null)")
     r.set_defaults(handler=cmd_report)
+
+    c = sub.add_parser("compare", parents=[reading, drawing], help="several runs side by side: table, JSON, figure",
+                       description="Put runs side by side (presets, learning rates, seeds): per scale and run the "
+                                   "bounds, last/min/max scale, readings near a bound, alerts and a final metric; "
+                                   "with -o, a figure with one panel per scale the runs share, each run in its own "
+                                   "colour against its own bounds. Runs are named by the shortest unique end of "
+                                   "their directory.",
+                       epilog="Exit status: 0 compared; 1 a run could not be read (with --keep-going, after "
+                              "comparing the others); 2 bad usage.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="a run as report reads it: a log directory (or a folder "
+                                                          "above one), a history .jsonl, an event file, a metrics.csv")
+    c.add_argument("-o", "--output", metavar="FILE",
+                   help=f"also draw the comparison into FILE (PNG; a directory: {COMPARE_FILENAME} in it)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of the table (non-finite numbers as null)")
+    c.add_argument("--metric", default="val/loss", metavar="NAME",
+                   help="the metric whose last value each run's metrics.csv or TensorBoard events give "
+                        "(default val/loss)")
+    c.add_argument("--normalise", "--normalize", dest="normalise", action="store_true",
+                   help="draw each run as (scale - min) / (max - min), so runs with different bounds compare "
+                        "fairly (0 = at min, 1 = at max)")
+    c.add_argument("--gradient", action="store_true",
+                   help="draw each run's gradient in a strip under each panel (symlog), shading where its raw "
+                        "parameter is outside the bounds")
+    c.add_argument("--keep-going", action="store_true",
+                   help="skip runs that cannot be read (one warning each) and compare the others")
+    c.set_defaults(handler=cmd_compare)
 
     w = sub.add_parser("watch", parents=[common], help="live view of a run while it trains",
                        description="Follow the run's history file as training appends to it: per scale the value, "
@@ -227,6 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SourceError as err:
         _error(str(err))
         return 1
+    except UsageError as err:
+        _error(str(err))
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `scalewatch report RUN | head`

@@ -3,5 +3,7 @@ from scalewatch.monitor.history import HISTORY_FILENAME
 
 #: the scale-against-bounds plot, written next to the history file
 PLOT_FILENAME = "scale_history.png"
+#: ``scalewatch compare -o DIR`` writes this inside DIR
+COMPARE_FILENAME = "compare.png"
 
-__all__ = ["HISTORY_FILENAME", "PLOT_FILENAME"]
+__all__ = ["COMPARE_FILENAME", "HISTORY_FILENAME", "PLOT_FILENAME"]

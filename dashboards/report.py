@@ -1,16 +1,26 @@
 """A run's scales in numbers: last, min and max value, time near a bound, alerts.
 
-One streaming pass over the records, so a history of any length fits in
-memory; the result prints as a plain-text table or as JSON.
+The numbers come from per-scale series (:class:`ScaleSeries`) with numpy, a
+block of readings at a time, so a history of any length fits in memory; the
+result prints as a plain-text table or as JSON.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from itertools import islice
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from scalewatch.dashboards.series import ScaleBounds, as_float
+import numpy as np
 
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries
+from scalewatch.dashboards.sources import HISTORY, Source
+from scalewatch.monitor.saturation import lower_warning, upper_warning
+
+#: readings per block when summarising a stream of records
+BLOCK = 65536
+NEAR_BOUND_NOTE = ("near bound: readings beyond the warning lines (scale > warn_fraction x max, "
+                   "or < min + (1 - warn_fraction)(max - min))")
 
 
 @dataclass
@@ -19,7 +29,8 @@ class ScaleSummary(ScaleBounds):
 
     ``near_upper``/``near_lower`` count the readings beyond the warning lines
     (``scale > warn_fraction * max``, ``scale < min + (1 - warn_fraction)(max - min)``),
-    the same lines the ``near_upper``/``near_lower`` alerts use.
+    the same lines the ``near_upper``/``near_lower`` alerts use, each reading
+    judged by the bounds it was recorded with.
     """
 
     readings: int = 0
@@ -35,24 +46,37 @@ class ScaleSummary(ScaleBounds):
     non_finite: int = 0
     alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
 
-    def add(self, record: Dict[str, Any]) -> None:
-        """Fold one reading in."""
-        self.take_bounds(record)
-        step = int(record["step"])
-        scale = as_float(record.get("scale"))
-        self.readings += 1
-        self.first_step = step if self.first_step is None else self.first_step
-        self.last_step = step
-        self.last_scale, self.last_raw, self.last_grad = scale, as_float(record.get("raw")), as_float(record.get("grad"))
-        if math.isfinite(scale):
-            self.scale_min = scale if math.isnan(self.scale_min) else min(self.scale_min, scale)
-            self.scale_max = scale if math.isnan(self.scale_max) else max(self.scale_max, scale)
-            self.near_upper += scale > self.upper_warning
-            self.near_lower += scale < self.lower_warning
-        else:
-            self.non_finite += 1
-        for kind in record.get("alerts") or ():
-            self.alerts.append((step, kind, scale))
+    @classmethod
+    def of(cls, series: ScaleSeries) -> "ScaleSummary":
+        """The summary of one whole series."""
+        summary = cls(name=series.name)
+        summary.fold(series)
+        return summary
+
+    def fold(self, s: ScaleSeries) -> None:
+        """Fold in the readings of ``s``, which come after those already folded in."""
+        n = len(s)
+        if n == 0:
+            return
+        self.min, self.max, self.warn_fraction, self.bound = s.min, s.max, s.warn_fraction, s.bound
+        steps = np.asarray(s.steps, dtype=np.float64)
+        scale = np.asarray(s.scale, dtype=np.float64)
+        self.readings += n
+        self.first_step = int(steps[0]) if self.first_step is None else self.first_step
+        self.last_step = int(steps[-1])
+        self.last_scale, self.last_raw, self.last_grad = float(scale[-1]), s.last_raw, s.last_grad
+        finite = np.isfinite(scale)
+        self.non_finite += int(n - np.count_nonzero(finite))
+        if finite.any():
+            lo, hi = float(scale[finite].min()), float(scale[finite].max())
+            self.scale_min = lo if math.isnan(self.scale_min) else min(self.scale_min, lo)
+            self.scale_max = hi if math.isnan(self.scale_max) else max(self.scale_max, hi)
+        judged = np.where(finite, scale, np.nan)  # non-finite readings count as such, never as near a bound
+        for start, end, lo_b, hi_b, w in s.bound_spans():
+            part = judged[start:end]
+            self.near_upper += int(np.count_nonzero(part > upper_warning(hi_b, w)))
+            self.near_lower += int(np.count_nonzero(part < lower_warning(lo_b, hi_b, w)))
+        self.alerts.extend(s.alerts)
 
     @property
     def near_bound(self) -> int:
@@ -61,39 +85,49 @@ class ScaleSummary(ScaleBounds):
     def to_json(self) -> Dict[str, Any]:
         """A JSON-ready dict; non-finite numbers become ``null``."""
         return {
-            "name": self.name, "min": _js(self.min), "max": _js(self.max), "bound": self.bound,
-            "warn_fraction": _js(self.warn_fraction), "upper_warning": _js(self.upper_warning),
-            "lower_warning": _js(self.lower_warning), "readings": self.readings,
+            "name": self.name, "min": js_number(self.min), "max": js_number(self.max), "bound": self.bound,
+            "warn_fraction": js_number(self.warn_fraction), "upper_warning": js_number(self.upper_warning),
+            "lower_warning": js_number(self.lower_warning), "readings": self.readings,
             "first_step": self.first_step, "last_step": self.last_step,
-            "last": {"step": self.last_step, "scale": _js(self.last_scale), "raw": _js(self.last_raw),
-                     "grad": _js(self.last_grad)},
-            "scale_min": _js(self.scale_min), "scale_max": _js(self.scale_max),
+            "last": {"step": self.last_step, "scale": js_number(self.last_scale), "raw": js_number(self.last_raw),
+                     "grad": js_number(self.last_grad)},
+            "scale_min": js_number(self.scale_min), "scale_max": js_number(self.scale_max),
             "near_bound": {"readings": self.near_bound, "upper": self.near_upper, "lower": self.near_lower},
             "non_finite_readings": self.non_finite,
-            "alerts": [{"step": s, "kind": k, "scale": _js(v)} for s, k, v in self.alerts],
+            "alerts": [{"step": s, "kind": k, "scale": js_number(v)} for s, k, v in self.alerts],
         }
 
 
-def _js(value: float) -> Optional[float]:
+def js_number(value: float) -> Optional[float]:
+    """A number for JSON: non-finite ones as ``None`` (``null``)."""
     return value if math.isfinite(value) else None
 
 
 def summarize(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
-    """One summary per scale, in the order the scales first appear."""
+    """One summary per scale, in the order the scales first appear (streamed a block at a time)."""
     out: Dict[str, ScaleSummary] = {}
-    for record in records:
-        name = record["name"]
-        if name not in out:
-            out[name] = ScaleSummary(name=name)
-        out[name].add(record)
-    return list(out.values())
+    stream = iter(records)
+    while True:
+        block: Dict[str, ScaleSeries] = {}
+        for record in islice(stream, BLOCK):
+            name = record["name"]
+            if name not in block:
+                known = out.setdefault(name, ScaleSummary(name=name))
+                # bounds carry over from the previous block for records that leave them out
+                block[name] = ScaleSeries(name=name, min=known.min, max=known.max,
+                                          warn_fraction=known.warn_fraction, bound=known.bound)
+            block[name].add(record)
+        if not block:
+            return list(out.values())
+        for name, series in block.items():
+            out[name].fold(series)
 
 
 def report_json(summaries: List[ScaleSummary], source: Dict[str, Any]) -> Dict[str, Any]:
     """The whole report as a JSON-ready dict; ``source`` says what was read."""
     return {"source": source, "readings": sum(s.readings for s in summaries),
             "scales": [s.to_json() for s in summaries],
-            "alerts": [{"step": st, "name": s.name, "kind": k, "scale": _js(v)}
+            "alerts": [{"step": st, "name": s.name, "kind": k, "scale": js_number(v)}
                        for st, s, k, v in _all_alerts(summaries)]}
 
 
@@ -101,8 +135,35 @@ def _all_alerts(summaries: List[ScaleSummary]) -> List[Tuple[int, ScaleSummary, 
     return sorted(((st, s, k, v) for s in summaries for st, k, v in s.alerts), key=lambda a: a[0])
 
 
-def _g(value: float) -> str:
+def fmt_number(value: float) -> str:
+    """A number for a table cell: 4 significant digits."""
     return "nan" if math.isnan(value) else f"{value:.4g}"
+
+
+def bounds_cell(s: ScaleBounds) -> str:
+    """``[min, max]`` for a table cell."""
+    return f"[{fmt_number(s.min)}, {fmt_number(s.max)}]"
+
+
+def near_bound_cell(s: ScaleSummary) -> str:
+    """Readings near a bound, with their share: ``10 (83%)``."""
+    return f"{s.near_bound}" + (f" ({100.0 * s.near_bound / s.readings:.0f}%)" if s.readings else "")
+
+
+def table_lines(rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> List[str]:
+    """Rows of cells as aligned lines: the ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def source_json(src: Source) -> Dict[str, Any]:
+    """What was read, for a JSON report: kind, path, how it was found, what was skipped."""
+    problems = {"torn_last_line": src.problems.torn_last_line, "bad_lines": src.problems.bad_count}
+    out: Dict[str, Any] = {"kind": src.kind, "path": src.path, "note": src.note, "problems": problems}
+    if src.kind != HISTORY:
+        out["alerts_recomputed"] = {"warn_fraction": src.warn_fraction, "patience": src.patience}
+    return out
 
 
 def report_text(summaries: List[ScaleSummary], source: str) -> str:
@@ -117,15 +178,11 @@ def report_text(summaries: List[ScaleSummary], source: str) -> str:
             "alerts")
     rows = [head]
     for s in summaries:
-        warn = f"<{_g(s.lower_warning)} >{_g(s.upper_warning)}"
-        pct = f" ({100.0 * s.near_bound / s.readings:.0f}%)" if s.readings else ""
-        rows.append((s.name, str(s.readings), _g(s.last_scale), _g(s.scale_min), _g(s.scale_max),
-                     f"[{_g(s.min)}, {_g(s.max)}]", warn, f"{s.near_bound}{pct}", _g(s.last_raw), _g(s.last_grad),
-                     str(len(s.alerts))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
+        warn = f"<{fmt_number(s.lower_warning)} >{fmt_number(s.upper_warning)}"
+        rows.append((s.name, str(s.readings), fmt_number(s.last_scale), fmt_number(s.scale_min),
+                     fmt_number(s.scale_max), bounds_cell(s), warn, near_bound_cell(s), fmt_number(s.last_raw),
+                     fmt_number(s.last_grad), str(len(s.alerts))))
+    lines += table_lines(rows)
     lines.append("")
     alerts = _all_alerts(summaries)
     if not alerts:
@@ -133,8 +190,6 @@ def report_text(summaries: List[ScaleSummary], source: str) -> str:
     else:
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
-            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={_g(value)}  range [{_g(s.min)}, {_g(s.max)}]")
-    lines.append("")
-    lines.append("near bound: readings beyond the warning lines (scale > warn_fraction x max, "
-                 "or < min + (1 - warn_fraction)(max - min))")
+            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={fmt_number(value)}  range {bounds_cell(s)}")
+    lines += ["", NEAR_BOUND_NOTE]
     return "\n".join(lines)

@@ -1,10 +1,13 @@
-"""Per-scale series built from history records, for plots, reports and live views."""
+"""Per-scale series built from history records, for plots, reports and live views.
+
+Kept free of numpy and matplotlib: ``scalewatch watch`` imports it at start-up.
+"""
 from __future__ import annotations
 
 import math
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scalewatch.monitor.saturation import lower_warning, upper_warning
 
@@ -42,24 +45,61 @@ class ScaleBounds:
         return lower_warning(self.min, self.max, self.warn_fraction)
 
 
+#: where a scale's bounds took new values: (index of the first reading, min, max, warn_fraction)
+BoundChange = Tuple[int, float, float, float]
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)  # NaN bounds (not known yet) equal each other
+
+
 @dataclass
 class ScaleSeries(ScaleBounds):
-    """Everything recorded for one scale, in compact arrays (8 bytes a value)."""
+    """Everything recorded for one scale, in compact arrays (8 bytes a value).
 
-    steps: array = field(default_factory=lambda: array("d"))
-    scale: array = field(default_factory=lambda: array("d"))
-    raw: array = field(default_factory=lambda: array("d"))
-    grad: array = field(default_factory=lambda: array("d"))
+    ``steps``, ``scale``, ``raw`` and ``grad`` are float64 buffers: ``array("d")``
+    when built record by record with :meth:`add`, numpy arrays when a whole file
+    is read at once (:mod:`scalewatch.dashboards.history_columns`). ``raw`` and
+    ``grad`` may be left empty by such a reader (see :attr:`has_gradient`); the
+    last values are always in :attr:`last_raw` and :attr:`last_grad`. The bounds
+    fields hold the latest bounds; :attr:`bound_changes` says from which reading
+    each set of bounds held, so rules can judge every reading by its own bounds.
+    """
+
+    steps: Sequence[float] = field(default_factory=lambda: array("d"))
+    scale: Sequence[float] = field(default_factory=lambda: array("d"))
+    raw: Sequence[float] = field(default_factory=lambda: array("d"))
+    grad: Sequence[float] = field(default_factory=lambda: array("d"))
     alerts: List[Tuple[int, str, float]] = field(default_factory=list)  # (step, kind, scale)
+    bound_changes: List[BoundChange] = field(default_factory=list)
+    last_raw: float = math.nan
+    last_grad: float = math.nan
 
     def add(self, record: Dict[str, Any]) -> None:
+        """Append one reading (the arrays must be ``array("d")``)."""
         self.take_bounds(record)
+        last = self.bound_changes[-1] if self.bound_changes else None
+        if last is None or not (_same(last[1], self.min) and _same(last[2], self.max)
+                                and last[3] == self.warn_fraction):
+            self.bound_changes.append((len(self.steps), self.min, self.max, self.warn_fraction))
+        scale = as_float(record.get("scale"))
+        self.last_raw, self.last_grad = as_float(record.get("raw")), as_float(record.get("grad"))
         self.steps.append(float(record["step"]))
-        self.scale.append(as_float(record.get("scale")))
-        self.raw.append(as_float(record.get("raw")))
-        self.grad.append(as_float(record.get("grad")))
+        self.scale.append(scale)
+        self.raw.append(self.last_raw)
+        self.grad.append(self.last_grad)
         for kind in record.get("alerts") or ():
-            self.alerts.append((int(record["step"]), kind, as_float(record.get("scale"))))
+            self.alerts.append((int(record["step"]), kind, scale))
+
+    def bound_spans(self) -> List[Tuple[int, int, float, float, float]]:
+        """``(first, end, min, max, warn_fraction)``: readings ``first:end`` were taken with these bounds."""
+        ends = [start for start, *_ in self.bound_changes[1:]] + [len(self.steps)]
+        return [(start, end, lo, hi, w) for (start, lo, hi, w), end in zip(self.bound_changes, ends)]
+
+    @property
+    def has_gradient(self) -> bool:
+        """Whether ``raw`` and ``grad`` hold every reading (a fast reader may skip them)."""
+        return len(self.raw) == len(self.grad) == len(self.steps)
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -1,131 +1,148 @@
-"""What ``make demo`` runs: a healthy run, a run that saturates, and where everything went.
+"""What ``make demo`` runs: the three presets, a run that saturates, and a comparison of all four.
 
-1. The conservative preset (``configs/conservative.yaml``): 320 steps, the scale
-   learns and stays inside ``[0.5, 5.0]``.
-2. The same preset with the scale's learning rate raised to 0.2
+1. The three presets (``configs/conservative.yaml``, ``aggressive.yaml``,
+   ``ultra-conservative.yaml``): 320 steps each, the scale learns inside its
+   bounds.
+2. The conservative preset with the scale's learning rate raised to 0.2
    (``configs/fast-scale-lr.yaml``): 128 steps, the scale overshoots past
    ``0.9 x max_scale`` (``near_upper``) and, the hard clamp having cut its
    gradient, stays there (``pinned``).
+3. ``scalewatch compare`` puts the four runs side by side: a table, and
+   ``demo_runs/compare.png`` with each run against its own bounds and its gradient.
 
-Both go through the LightningCLI of ``train.py`` with TensorBoard, CSV and
-offline W&B loggers, and leave their files under ``demo_runs/``. At the end it
-prints where they are and how to open them.
+Every run goes through the LightningCLI of ``train.py`` with TensorBoard, CSV and
+offline W&B loggers, and leaves its files under ``demo_runs/<run>/``. At the end
+it prints what each run did, where its files are, and the commands to look at them.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import WandbLogger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from train import main as train_main  # noqa: E402
-from scalewatch.callbacks import PLOT_FILENAME, ScaleMonitor  # noqa: E402
+from scalewatch.callbacks import ScaleMonitor  # noqa: E402
+from scalewatch.monitor import iter_history  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-#: where the two runs' configs send their files; cleared first so each demo leaves one version_0
-DEMO_DIRS = ("demo_runs/conservative", "demo_runs/fast-scale-lr")
+ROOT = "demo_runs"
+#: (run name = the folder its config logs to, config files, what it shows)
+RUNS = (("conservative", ["conservative.yaml"], "preset conservative: the scale learns inside [0.5, 5]"),
+        ("aggressive", ["aggressive.yaml"], "preset aggressive: the scale learns inside [1, 8]"),
+        ("ultra-conservative", ["ultra-conservative.yaml"], "preset ultra-conservative: inside [0.5, 3]"),
+        ("fast-scale-lr", ["conservative.yaml", "fast-scale-lr.yaml"],
+         "conservative, scale learning rate 0.2: drives the scale into its upper bound"))
+COMPARE_PNG = os.path.join(ROOT, "compare.png")
 #: the commands installed next to this interpreter (.venv/bin), as a user would type them
 BIN = os.path.relpath(os.path.dirname(sys.executable))
 
 
 @dataclass
 class RunSummary:
-    """Where one training run left its files, and how it ended."""
+    """What one training run did, and where it left its history."""
 
-    title: str
-    command: str
+    name: str
+    steps: int
     seconds: float
-    run_dir: str
-    tensorboard_dir: Optional[str] = None
-    csv_file: Optional[str] = None
-    wandb_dir: Optional[str] = None
-    history_file: Optional[str] = None
-    plot_file: Optional[str] = None
+    history_file: str
     val_loss: Optional[float] = None
     last_scale: Optional[float] = None
     alerts: List[str] = field(default_factory=list)
 
 
-def _read_history(path: str) -> List[Dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def run(title: str, config_files: List[str], extra_args: Optional[List[str]] = None) -> RunSummary:
-    """Train through the example's LightningCLI and collect where its outputs went."""
-    args = ["fit"] + [a for c in config_files for a in ("--config", os.path.join(CONFIGS, c))] + (extra_args or [])
+def run(name: str, config_files: List[str], what: str) -> RunSummary:
+    """Train through the example's LightningCLI and read back what its monitor recorded."""
+    args = ["fit"] + [a for c in config_files for a in ("--config", os.path.join(CONFIGS, c))]
     command = "python examples/train.py " + " ".join(
         a if not a.startswith(CONFIGS) else os.path.relpath(a) for a in args)
-    print(f"\n=== {title}\n$ {command}\n", flush=True)
+    print(f"\n=== {name}: {what}\n$ {command}\n", flush=True)
     start = time.perf_counter()
     cli = train_main(args)
     seconds = time.perf_counter() - start
     trainer = cli.trainer
-    summary = RunSummary(title=title, command=command, seconds=seconds, run_dir=trainer.log_dir)
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            summary.tensorboard_dir = logger.log_dir
-        elif isinstance(logger, CSVLogger):
-            summary.csv_file = os.path.join(logger.log_dir, "metrics.csv")
-        elif isinstance(logger, WandbLogger):
-            summary.wandb_dir = os.path.dirname(logger.experiment.dir)  # .../offline-run-*/files -> run
+        if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # the next WandbLogger must start its own run, not reuse this one
     monitor = next(cb for cb in trainer.callbacks if isinstance(cb, ScaleMonitor))
-    summary.history_file = monitor.history_path
-    summary.plot_file = os.path.join(monitor.log_dir, PLOT_FILENAME)
+    records = list(iter_history(monitor.history_path))
+    summary = RunSummary(name=name, steps=trainer.global_step, seconds=seconds, history_file=monitor.history_path)
     if "val/loss" in trainer.callback_metrics:
         summary.val_loss = float(trainer.callback_metrics["val/loss"])
-    records = _read_history(summary.history_file)
     if records:
         summary.last_scale = records[-1]["scale"]
-    summary.alerts = [f"step {r['step']:>4}  {kind:<10}  {r['name']}  scale={r['scale']:.3f} "
-                      f"(range [{r['min']:g}, {r['max']:g}]), raw={r['raw']:.3f}, grad={r['grad']}"
-                      for r in records for kind in r.get("alerts", [])]
+    summary.alerts = [f"step {r['step']:>4}  {kind:<10}  scale={r['scale']:.3f} (range [{r['min']:g}, {r['max']:g}]), "
+                      f"raw={r['raw']:.3f}, grad={r['grad']:g}" for r in records for kind in r.get("alerts", [])]
     return summary
 
 
-def _print_summary(runs: List[RunSummary]) -> None:
+def compare(runs: List[RunSummary]) -> str:
+    """``scalewatch compare`` over the runs, as a user types it; returns the command line."""
+    from scalewatch.dashboards.cli import main as scalewatch
+
+    args = ["compare", *(os.path.join(ROOT, r.name) for r in runs), "--normalise", "--gradient", "-o", COMPARE_PNG]
+    line = f"{BIN}/scalewatch " + " ".join(args)
+    print(f"\n=== the four runs side by side\n$ {line}\n", flush=True)
+    if scalewatch(args) != 0:
+        raise SystemExit("demo: scalewatch compare failed")
+    return line
+
+
+def _print_summary(runs: List[RunSummary], compare_line: str) -> None:
     rel = os.path.relpath
-    print("\n" + "=" * 78)
-    for s in runs:
-        print(f"{s.title}  ({s.seconds:.0f} s)\n  {s.command}")
-        print(f"  final scale {s.last_scale:.3f}" + (f", validation loss {s.val_loss:.4f}" if s.val_loss is not None else ""))
-        print(f"  TensorBoard logs : {rel(s.tensorboard_dir)}")
-        print(f"  CSV metrics      : {rel(s.csv_file)}")
-        print(f"  W&B offline run  : {rel(s.wandb_dir)}   (upload: wandb sync {rel(s.wandb_dir)})")
-        print(f"  scale history    : {rel(s.history_file)}")
-        print(f"  scale plot       : {rel(s.plot_file)}")
-        print("  alerts           : " + ("none" if not s.alerts else ("\n" + " " * 21).join(s.alerts)))
-        print()
-    root = os.path.commonpath([rel(s.tensorboard_dir) for s in runs]).split(os.sep)[0]
-    print(f"Open TensorBoard   : {BIN}/tensorboard --logdir {root}   (or `source {BIN}/activate` first)")
-    print("                     (the CUSTOM SCALARS tab shows each scale inside its [min, max] band;"
+    print("\n" + "=" * 100)
+    width = max(len(r.name) for r in runs)
+    print(f"{'run'.ljust(width)}  steps   time  final scale  val loss  alerts")
+    for r in runs:
+        loss = f"{r.val_loss:8.4f}" if r.val_loss is not None else "       -"
+        fired = ", ".join(a.split()[2] + "@" + a.split()[1] for a in r.alerts) or "none"
+        print(f"{r.name.ljust(width)}  {r.steps:>5}  {r.seconds:>3.0f} s  {r.last_scale:>11.3f}  {loss}  {fired}")
+    for r in runs:
+        for line in r.alerts:
+            print(f"  {r.name}: {line}")
+    print(f"\nEach run's files, under {ROOT}/<run>/:")
+    for where, what in (("tensorboard/version_0/", "TensorBoard events, run config, checkpoint"),
+                        ("tensorboard/version_0/scalewatch_history.jsonl", "scale history, one JSON line per reading"),
+                        ("tensorboard/version_0/scale_history.png", "scale plot, gradient strip under it"),
+                        ("csv/version_0/metrics.csv", "every metric as CSV"),
+                        ("wandb/offline-run-*/", f"offline W&B run (upload: {BIN}/wandb sync DIR)")):
+        print(f"  {where:<48} {what}")
+    print(f"\nThe runs side by side: {COMPARE_PNG}   (made by: {compare_line})")
+    print("                       (each run as (scale - min) / (max - min); leave out --normalise for the raw scales)")
+    print(f"Open TensorBoard     : {BIN}/tensorboard --logdir {ROOT}   (or `source {BIN}/activate` first)")
+    print("                       (the CUSTOM SCALARS tab shows each scale inside its [min, max] band;"
           " SCALARS has scalewatch/*, train/*, val/*; IMAGES has the plot)")
     if importlib.util.find_spec("scalewatch.dashboards.cli") is not None:
-        print(f"In the terminal    : {BIN}/scalewatch watch {rel(runs[0].run_dir)}   (live, while a run trains)")
-        print(f"                     {BIN}/scalewatch report {rel(runs[1].run_dir)}")
-    print("=" * 78)
+        print(f"In the terminal      : {BIN}/scalewatch watch {rel(os.path.join(ROOT, runs[0].name))}   "
+              "(live, while a run trains)")
+        print(f"                       {BIN}/scalewatch report {rel(os.path.join(ROOT, runs[-1].name))}")
+    print("=" * 100)
 
 
 def main() -> None:
-    for path in DEMO_DIRS:
+    for name in [r[0] for r in RUNS] + [COMPARE_PNG]:
+        path = name if name == COMPARE_PNG else os.path.join(ROOT, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
-            print(f"(cleared the previous demo's {path})")
-    healthy = run("1. conservative preset: the scale learns inside its bounds", ["conservative.yaml"])
-    saturating = run("2. conservative preset, scale learning rate 0.2: drives the scale into its upper bound",
-                     ["conservative.yaml", "fast-scale-lr.yaml"])
-    _print_summary([healthy, saturating])
-    if not any("near_upper" in a for a in saturating.alerts):
-        raise SystemExit("demo: expected a near_upper alert in the second run, got none")
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        print(f"(cleared the previous demo's {path})")
+    started = time.perf_counter()
+    runs = [run(name, configs, what) for name, configs, what in RUNS]
+    compare_line = compare(runs)
+    _print_summary(runs, compare_line)
+    print(f"demo: {len(runs)} runs and the comparison in {time.perf_counter() - started:.0f} s")
+    if not any("near_upper" in a for a in runs[-1].alerts):
+        raise SystemExit("demo: expected a near_upper alert in the fast-scale-lr run, got none")
 
 
 if __name__ == "__main__":

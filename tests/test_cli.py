@@ -91,7 +91,8 @@ def results(run) -> Dict[str, Result]:
         "watch_once": CLI + ["watch", run["root"], "--once"],
         "layering": [sys.executable, "-c",
                      "import sys, scalewatch.dashboards.cli, scalewatch.dashboards.sources, "
-                     "scalewatch.dashboards.report, scalewatch.dashboards.watch, scalewatch.dashboards.plot; "
+                     "scalewatch.dashboards.report, scalewatch.dashboards.watch, scalewatch.dashboards.plot, "
+                     "scalewatch.dashboards.compare, scalewatch.dashboards.history_columns; "
                      "bad = [m for m in sys.modules if m.startswith(('scalewatch.callbacks', 'pytorch_lightning'))]; "
                      "assert not bad, bad"],
     }
