@@ -29,8 +29,10 @@ MetricsFn = Callable[[Dict[str, float], int], None]
 class ScaleSink:
     """One destination of the engine's output; every method is optional (a no-op here)."""
 
-    def start(self, names: Sequence[str]) -> None:
-        """Training starts watching ``names`` (set up layouts and charts)."""
+    def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
+        """Training starts: ``names`` are logged per scale (or element, ``NAME[i]``) as
+        ``scalewatch/NAME/FIELD``; the tensors in ``summarised`` as their per-tensor
+        summary (``scalewatch/TENSOR/{scale_min,scale_max,...}``). Set up layouts and charts."""
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         """One check's ``scalewatch/NAME/FIELD`` values at ``step``."""
@@ -73,8 +75,8 @@ class TensorBoardSink(ScaleSink):
         self._fallback = log_metrics
         self._last_flush = -float("inf")
 
-    def start(self, names: Sequence[str]) -> None:
-        tensorboard_layout.write_margin_layout(self.writer, names)
+    def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
+        tensorboard_layout.write_margin_layout(self.writer, names, summarised)
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         file_writer = getattr(self.writer, "_get_file_writer", None)
@@ -99,28 +101,33 @@ class TensorBoardSink(ScaleSink):
 
 
 class WandbSink(ScaleSink):
-    """A W&B run: metrics against ``trainer/global_step``, alerts, the plot and the bounds charts.
+    """A W&B run: metrics against the trainer's step, alerts, the plot and the bounds charts.
 
     Args:
         run: the ``wandb`` Run (``WandbLogger.experiment`` under Lightning).
         log_metrics: how values are logged; default ``run.log`` with the step as
-            ``trainer/global_step`` (what Lightning's WandbLogger writes).
+            ``step_metric``.
+        step_metric: the W&B key of the x-axis: ``trainer/global_step`` (default,
+            what Lightning's WandbLogger writes) or the trainer's own, e.g.
+            ``train/global_step`` for HF Transformers, so the scales share the loss's axis.
     """
 
-    def __init__(self, run: Any, log_metrics: Optional[MetricsFn] = None) -> None:
+    def __init__(self, run: Any, log_metrics: Optional[MetricsFn] = None,
+                 step_metric: str = wandb_charts.STEP_METRIC) -> None:
         if not callable(getattr(run, "log", None)):
             raise ValueError(f"`wandb_run` must be a wandb Run (wandb.init(...)), got {run!r}")
         self.run = run
         self._log_metrics = log_metrics
+        self.step_metric = step_metric
 
-    def start(self, names: Sequence[str]) -> None:
-        wandb_charts.define_scale_metrics(self.run, names)
+    def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
+        wandb_charts.define_scale_metrics(self.run, list(names) + list(summarised), self.step_metric)
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         if self._log_metrics is not None:
             self._log_metrics(metrics, step)
         else:
-            self.run.log(dict(metrics, **{wandb_charts.STEP_METRIC: step}))
+            self.run.log(dict(metrics, **{self.step_metric: step}))
 
     def alert(self, alert: Alert) -> None:
         try:
@@ -132,4 +139,4 @@ class WandbSink(ScaleSink):
             log.warning("scalewatch could not send a W&B alert: %s", err)
 
     def log_figure(self, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
-        wandb_charts.log_plot(self.run, fig, series, step, final=final)
+        wandb_charts.log_plot(self.run, fig, series, step, final=final, step_metric=self.step_metric)

@@ -8,12 +8,12 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from scalewatch.callbacks import lightning_compat as compat
 from scalewatch.callbacks.lightning_compat import MisconfigurationException
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.watch_settings import WatchSettings
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
 from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher, metric_key
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.saturation import Alert, SaturationTracker
@@ -49,8 +49,12 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
             ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
         patience: consecutive checks a scale must be pinned (raw at/beyond a bound
             with a gradient that cannot bring it back) before ``pinned`` fires.
-        params: bare parameters to watch, ``{"logit_scale": (0.0, 4.6052)}``
-            (parameter name as in ``named_parameters()`` -> (min, max)).
+        params: bare parameters to watch, ``{"logit_scale": (0.0, 4.6052)}``:
+            a name from ``named_parameters()`` (or buffers), or an fnmatch pattern
+            (``"*.attn.logit_scale"``), -> ``(min, max)`` (either may be ``None``:
+            one-sided), or ``{"min": ..., "max": ..., "display": "exp"}`` /
+            :class:`~scalewatch.monitor.ScaleSpec` for a log-parametrised scale.
+            A multi-element parameter is watched element by element (``NAME[i]``).
         on_saturation: ``"warn"`` only alerts; ``"stop"`` also ends training
             cleanly at the step an alert fires.
         alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
@@ -65,6 +69,9 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
             separated by spaces or commas; keeps the secret out of code, YAML and the
             saved config), ``[]`` sends nothing. One message per check, sent from a
             background thread; the end of fit waits at most 10 s for pending ones.
+        max_logged_elements: per-head (multi-element) scales are logged element by
+            element while they hold at most this many elements in all, beyond it as
+            one summary per tensor (see :class:`ScaleWatcher`); the history keeps all.
         state_key_suffix: tells two monitors on one trainer apart in checkpoints.
 
     Raises:
@@ -87,7 +94,7 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         every_n_steps: Optional[int] = None,
         warn_fraction: float = 0.9,
         patience: int = 3,
-        params: Optional[Dict[str, Tuple[Optional[float], Optional[float]]]] = None,
+        params: Optional[Dict[str, Any]] = None,
         on_saturation: str = "warn",
         alert_callback: Optional[Callable[[Alert], None]] = None,
         progress_bar: bool = True,
@@ -95,6 +102,7 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         plot_every_n_checks: Optional[int] = None,
         max_plot_panels: int = 6,
         notify: Optional[Any] = None,
+        max_logged_elements: int = MAX_LOGGED_ELEMENTS,
         state_key_suffix: str = "",
     ) -> None:
         try:
@@ -102,7 +110,7 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
                                           patience=patience, params=params, on_saturation=on_saturation,
                                           alert_callback=alert_callback, plot=plot,
                                           plot_every_n_checks=plot_every_n_checks, max_plot_panels=max_plot_panels,
-                                          notify=notify)
+                                          notify=notify, max_logged_elements=max_logged_elements)
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
         self.every_n_steps = self.settings.every_n_steps

@@ -14,6 +14,9 @@ from scalewatch.monitor.schedule import check_every_n_steps
 from scalewatch.monitor.watched_scale import check_param_bounds
 
 ON_SATURATION = ("warn", "stop")
+#: multi-element scales (per-head) go to the loggers element by element while the watch holds
+#: at most this many of their elements in all; beyond, each is logged as its per-tensor summary
+MAX_LOGGED_ELEMENTS = 256
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -38,6 +41,8 @@ class WatchSettings:
         plot_every_n_checks: also send the plot to the loggers every K checks.
         max_plot_panels: how many scales the plot draws.
         notify: notification URL(s) (apprise); ``None`` reads ``SCALEWATCH_NOTIFY``.
+        max_logged_elements: the per-element key cap for multi-element scales (the
+            history always holds every element).
 
     Raises:
         ValueError: naming the bad argument and its value.
@@ -53,6 +58,7 @@ class WatchSettings:
     plot_every_n_checks: Optional[int] = None
     max_plot_panels: int = 6
     notify: Any = field(default=None, repr=False)  # a URL holds a token: never in a repr
+    max_logged_elements: int = MAX_LOGGED_ELEMENTS
 
     def __post_init__(self) -> None:
         if self.every_n_steps is not None:
@@ -67,6 +73,9 @@ class WatchSettings:
         if self.plot_every_n_checks is not None:
             check_positive_int("plot_every_n_checks", self.plot_every_n_checks)
         check_positive_int("max_plot_panels", self.max_plot_panels)
+        if isinstance(self.max_logged_elements, bool) or not isinstance(self.max_logged_elements, int) \
+                or self.max_logged_elements < 0:
+            raise ValueError(f"`max_logged_elements` must be an integer >= 0, got {self.max_logged_elements!r}")
         self.notify_urls = _resolve_notify(self.notify)
 
     def engine_kwargs(self) -> Dict[str, Any]:
@@ -74,7 +83,8 @@ class WatchSettings:
         return dict(every_n_steps=self.every_n_steps, warn_fraction=self.warn_fraction, patience=self.patience,
                     params=self.params, on_saturation=self.on_saturation, alert_callback=self.alert_callback,
                     plot=self.plot, plot_every_n_checks=self.plot_every_n_checks,
-                    max_plot_panels=self.max_plot_panels, notify=self.notify)
+                    max_plot_panels=self.max_plot_panels, notify=self.notify,
+                    max_logged_elements=self.max_logged_elements)
 
 
 def _resolve_notify(notify: Any) -> Tuple[str, ...]:

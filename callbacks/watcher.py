@@ -11,7 +11,7 @@ import logging
 import numbers
 import os
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -19,12 +19,14 @@ from torch import nn
 from scalewatch.callbacks.alert_sinks import send_alerts
 from scalewatch.callbacks.history_sink import HistorySink
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.watch_settings import WatchSettings
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
+from scalewatch.monitor.gc_pause import gc_paused
 from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.saturation import Alert, SaturationTracker
+from scalewatch.monitor.saturation import Alert, SaturationTracker, condition_masks
 from scalewatch.monitor.scale_reader import read_scales
+from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary, summarize
 from scalewatch.monitor.schedule import EveryNSteps
 from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
 
@@ -44,10 +46,18 @@ def metric_key(name: str, field: str) -> str:
     return f"scalewatch/{name}/{field}"
 
 
-def reading_metrics(readings: Sequence[Reading]) -> Dict[str, float]:
-    """One check's readings as ``scalewatch/NAME/{scale,raw,grad,min,max,clamp_fraction}`` values."""
+def reading_metrics(readings: Sequence[Reading],
+                    summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
+    """One check's readings as ``scalewatch/NAME/{scale,raw,grad,min,max,clamp_fraction}`` values.
+
+    With ``summaries`` (of the multi-element tensors), their elements are left out
+    and each such tensor is logged as ``scalewatch/TENSOR/{elements,scale_min,scale_max,raw_min,
+    raw_max,near_upper,near_lower,pinned,non_finite,min,max}`` instead.
+    """
     metrics: Dict[str, float] = {}
     for r in readings:
+        if summaries is not None and r.index is not None:
+            continue
         prefix = f"scalewatch/{r.name}/"
         metrics[prefix + "scale"] = r.scale
         metrics[prefix + "raw"] = r.raw
@@ -59,6 +69,14 @@ def reading_metrics(readings: Sequence[Reading]) -> Dict[str, float]:
             metrics[prefix + "grad"] = r.grad
         if r.clamp_fraction is not None:
             metrics[prefix + "clamp_fraction"] = r.clamp_fraction
+    for summary in summaries or ():
+        prefix = f"scalewatch/{summary.tensor}/"
+        for field in SUMMARY_FIELDS:
+            metrics[prefix + field] = float(getattr(summary, field))
+        if summary.min is not None:
+            metrics[prefix + "min"] = summary.min
+        if summary.max is not None:
+            metrics[prefix + "max"] = summary.max
     return metrics
 
 
@@ -108,6 +126,13 @@ class ScaleWatcher:
             separated by spaces or commas), ``[]`` sends nothing. One message per
             check, sent from a background thread; :meth:`close` waits at most 10 s
             (``NOTIFY_CLOSE_TIMEOUT``) for pending ones. Rank zero only.
+        max_logged_elements: a multi-element scale (per-head, ``(H, 1, 1)``) is read
+            element by element (``NAME[i]``, every one in the history and the alerts);
+            loggers get per-element keys while the watch holds at most this many such
+            elements in all (default 256: Swin V2's 138 heads), and beyond it one
+            per-tensor summary each, ``scalewatch/NAME/{scale_min,scale_max,raw_min,
+            raw_max,near_upper,near_lower,pinned,non_finite,elements,min,max}``, so
+            TensorBoard and W&B stay usable with thousands of heads.
         grad_scaler: the loop's ``torch.amp.GradScaler``: its overflow steps have
             non-finite gradients by design (it skips them), so those raise no alert.
         is_global_zero: whether this process writes and alerts; default: rank 0 of
@@ -158,6 +183,7 @@ class ScaleWatcher:
         plot_every_n_checks: Optional[int] = None,
         max_plot_panels: int = 6,
         notify: Any = None,
+        max_logged_elements: int = MAX_LOGGED_ELEMENTS,
         grad_scaler: Any = None,
         is_global_zero: Optional[bool] = None,
         settings: Optional[WatchSettings] = None,
@@ -169,7 +195,8 @@ class ScaleWatcher:
             settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction, patience=patience,
                                      params=params, on_saturation=on_saturation, alert_callback=alert_callback,
                                      plot=plot, plot_every_n_checks=plot_every_n_checks,
-                                     max_plot_panels=max_plot_panels, notify=notify)
+                                     max_plot_panels=max_plot_panels, notify=notify,
+                                     max_logged_elements=max_logged_elements)
         self.settings = settings
         self.model = model
         self.log_dir: Optional[str] = None if log_dir is None else os.fspath(log_dir)
@@ -179,6 +206,10 @@ class ScaleWatcher:
         self.is_global_zero = _default_is_global_zero() if is_global_zero is None else bool(is_global_zero)
         self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
         self.grad_scaler = grad_scaler
+        elements = sum(s.numel for s in self.scales if s.numel > 1)
+        #: multi-element tensors logged as per-tensor summaries (beyond the element cap)
+        self.summarised: List[str] = ([s.name for s in self.scales if s.numel > 1]
+                                      if elements > settings.max_logged_elements else [])
 
         self.last_step: int = -1      # the last step read
         self.checks: int = 0          # readings taken
@@ -232,7 +263,10 @@ class ScaleWatcher:
 
     @property
     def names(self) -> List[str]:
-        return [s.name for s in self.scales]
+        """What loggers get keys for: every scale, or element (``NAME[i]``) of a tensor
+        that is not :attr:`summarised`."""
+        skip = set(self.summarised)
+        return [n for s in self.scales if s.name not in skip for n in s.element_names()]
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -271,11 +305,12 @@ class ScaleWatcher:
 
             self._notifier = Notifier(list(self.settings.notify_urls), run_name=self._run_name())
         for sink in self.sinks:
-            sink.start(self.names)
+            sink.start(self.names, self.summarised)
         if self.scales:
             where = self.history_path or "the loggers only (no log_dir)"
-            log.info("scalewatch: recording %d scale(s) every %d optimizer steps to %s", len(self.scales),
-                     self.every_n_steps, where)
+            elements = sum(s.numel for s in self.scales)
+            counted = f"{len(self.scales)} scale(s)" + (f" ({elements} values)" if elements > len(self.scales) else "")
+            log.info("scalewatch: recording %s every %d optimizer steps to %s", counted, self.every_n_steps, where)
 
     def _run_name(self) -> str:
         if self.log_dir is None:
@@ -341,15 +376,24 @@ class ScaleWatcher:
     def _check(self, step: int, grad_must_be_finite: Optional[bool]) -> List[Alert]:
         self.last_step = step
         self.checks += 1
-        readings = read_scales(self.scales, step)
-        self.last_readings = readings
         if grad_must_be_finite is None:
             grad_must_be_finite = not (self.grad_scaler is not None and getattr(self.grad_scaler, "is_enabled",
                                                                                 lambda: True)())
-        update = self.tracker.update
-        alerts = [a for r in readings for a in update(r, grad_must_be_finite=grad_must_be_finite)]
+        # 16k per-head readings make enough objects to set off full garbage collections
+        # that walk the whole process; none of them is garbage until the check is over.
+        with gc_paused():
+            readings = read_scales(self.scales, step)
+            masks = condition_masks(readings, self.warn_fraction, grad_must_be_finite)
+            alerts = self.tracker.update_all(readings, grad_must_be_finite, masks=masks)
+            summaries = None
+            if self.summarised:
+                wanted = set(self.summarised)
+                summaries = [t for t in summarize(readings, self.warn_fraction, grad_must_be_finite, masks=masks)
+                             if t.tensor in wanted]
+            if self.is_global_zero:
+                self._record(step, readings, alerts, summaries)
+        self.last_readings = readings
         if self.is_global_zero:
-            self._record(step, readings, alerts)
             if alerts:
                 send_alerts(alerts, step, self.sinks, self.settings.alert_callback, self._notifier)
             every = self.settings.plot_every_n_checks
@@ -361,23 +405,18 @@ class ScaleWatcher:
             log.info("scalewatch: stopping training at step %d (on_saturation='stop')", step)
         return alerts
 
-    def _record(self, step: int, readings: List[Reading], alerts: List[Alert]) -> None:
+    def _record(self, step: int, readings: List[Reading], alerts: List[Alert],
+                summaries: Optional[List[TensorSummary]] = None) -> None:
         if self.sinks:
-            metrics = reading_metrics(readings)
+            metrics = reading_metrics(readings, summaries)
             for sink in self.sinks:
                 sink.log_metrics(metrics, step)
         if self.history is not None:
             fired: Dict[str, List[str]] = {}
             for a in alerts:
                 fired.setdefault(a.name, []).append(a.kind)
-            extra = {"warn_fraction": self.warn_fraction, "patience": self.patience}
-            records = []
-            for r in readings:
-                record = r.to_record()
-                record.update(extra)
-                record["alerts"] = fired.get(r.name, [])
-                records.append(record)
-            self.history.append(records)
+            self.history.append_readings(readings, {"warn_fraction": self.warn_fraction, "patience": self.patience},
+                                         fired)
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on

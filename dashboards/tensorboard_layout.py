@@ -6,21 +6,27 @@ from typing import Any, Dict, List, Sequence
 CATEGORY = "scalewatch"
 
 
-def margin_layout(names: Sequence[str]) -> Dict[str, Dict[str, List[Any]]]:
+def margin_layout(names: Sequence[str], summarised: Sequence[str] = ()) -> Dict[str, Dict[str, List[Any]]]:
     """One Margin chart per scale: value = scale, lower = min, upper = max.
 
-    The tags are the ones ScaleMonitor logs (``scalewatch/NAME/scale`` ...), so the
-    chart fills in as training writes them.
+    The tags are the ones the watcher logs (``scalewatch/NAME/scale`` ...), so the
+    chart fills in as training writes them. A tensor in ``summarised`` (a per-head
+    scale logged as its per-tensor summary) gets the band of its elements instead:
+    value = the largest element, lower = the smallest, upper = the largest.
     """
     charts = {name: ["Margin", [f"scalewatch/{name}/scale", f"scalewatch/{name}/min", f"scalewatch/{name}/max"]]
               for name in names}
+    for tensor in summarised:
+        charts[f"{tensor} (elements min..max)"] = ["Margin", [f"scalewatch/{tensor}/scale_max",
+                                                              f"scalewatch/{tensor}/scale_min",
+                                                              f"scalewatch/{tensor}/scale_max"]]
     return {CATEGORY: charts}
 
 
-def write_margin_layout(writer: Any, names: Sequence[str]) -> None:
+def write_margin_layout(writer: Any, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
     """Write the layout through a ``SummaryWriter`` (TensorBoardLogger.experiment)."""
-    if names:
-        writer.add_custom_scalars(margin_layout(names))
+    if names or summarised:
+        writer.add_custom_scalars(margin_layout(names, summarised))
         writer.flush()
 
 

@@ -25,12 +25,15 @@ def _wandb() -> Any:
     return wandb
 
 
-def define_scale_metrics(run: Any, names: Sequence[str]) -> None:
-    """Plot every ``scalewatch/NAME/*`` key against the trainer step, per scale."""
+def define_scale_metrics(run: Any, names: Sequence[str], step_metric: str = STEP_METRIC) -> None:
+    """Plot every ``scalewatch/NAME/*`` key against the trainer step (``step_metric``), per scale."""
     try:
-        run.define_metric(STEP_METRIC)
+        run.define_metric(step_metric)
         for name in names:
-            run.define_metric(f"scalewatch/{name}/*", step_metric=STEP_METRIC)
+            if "[" in name:  # NAME[i]: brackets are glob syntax, so one glob covers every key
+                run.define_metric("scalewatch/*", step_metric=step_metric)
+                continue
+            run.define_metric(f"scalewatch/{name}/*", step_metric=step_metric)
     except Exception as err:  # a dashboard nicety must never end training
         log.warning("scalewatch could not define W&B metrics: %s", err)
 
@@ -50,7 +53,8 @@ def bounds_charts(series: List[ScaleSeries]) -> Dict[str, Any]:
     return charts
 
 
-def log_plot(run: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+def log_plot(run: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool,
+             step_metric: str = STEP_METRIC) -> None:
     """Send the matplotlib plot as an image, and at the end of fit the bounds charts of the drawn series."""
     wandb = _wandb()
 
@@ -58,7 +62,7 @@ def log_plot(run: Any, fig: Any, series: List[ScaleSeries], step: int, final: bo
         payload: Dict[str, Any] = {"scalewatch/plot": wandb.Image(fig)}
         if final:
             payload.update(bounds_charts(series))
-        payload[STEP_METRIC] = step
+        payload[step_metric] = step
         run.log(payload)
     except Exception as err:
         log.warning("scalewatch could not send the plot to W&B: %s", err)
