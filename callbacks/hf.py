@@ -1,0 +1,259 @@
+"""ScaleMonitorCallback: the HF Transformers front door (a ``transformers.TrainerCallback``).
+
+It translates the HF ``Trainer``'s life cycle into :class:`ScaleWatcher` calls and
+owns no monitoring logic: which step is an optimizer step (``on_pre_optimizer_step``),
+which number the loss is logged at (HF's ``global_step`` after the step), which
+loggers exist (the ``report_to`` integrations), where the files go
+(``args.output_dir``), how to stop (``control.should_training_stop``) and how to
+checkpoint (the checkpoint's ``trainer_state.json``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+INSTALL_HINT = ("scalewatch's ScaleMonitorCallback needs HF Transformers: pip install 'scalewatch[transformers]'. "
+                "Without it, use scalewatch.callbacks.ScaleWatcher in your own loop")
+
+try:
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK, TensorBoardCallback,
+                                                             WandbCallback)
+    from transformers.trainer_callback import CallbackHandler, TrainerCallback
+except ImportError as err:  # pragma: no cover - exercised in a subprocess without transformers
+    raise ImportError(INSTALL_HINT) from err
+
+from scalewatch.callbacks.logger_sinks import ScaleSink, TensorBoardSink, WandbSink
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
+from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher
+from scalewatch.monitor.saturation import Alert
+
+__all__ = ["STATE_KEY", "ScaleMonitorCallback"]
+
+log = logging.getLogger("scalewatch")
+
+#: where the watcher's position lives in ``TrainerState.stateful_callbacks`` (saved in every
+#: checkpoint's trainer_state.json); not a class name, so HF never tries to rebuild a callback from it
+STATE_KEY = "scalewatch"
+#: the W&B x-axis HF's WandbCallback defines for every metric
+HF_WANDB_STEP_METRIC = "train/global_step"
+#: every ``report_to`` integration's callback class
+INTEGRATIONS: Tuple[type, ...] = tuple(INTEGRATION_TO_CALLBACK.values())
+
+
+class ScaleMonitorCallback(TrainerCallback):
+    r"""Record bounded scales every N optimizer steps of an HF ``Trainer``, alert when they saturate, plot them.
+
+    Finds every bounded scale of scalewatch (e.g. ``AttentionBiasGenerator``) in the
+    Trainer's model by itself, named by its module path, plus bare parameters named
+    in ``params``. It reads in ``on_pre_optimizer_step``: once per optimizer step
+    (after gradient accumulation), after the Trainer unscaled the gradients (fp16)
+    and clipped them to ``max_grad_norm``, so ``grad`` is the gradient the optimizer
+    steps with. A reading is logged at the step HF logs the loss at (its
+    ``global_step`` once the step is taken: N, 2N, ...), so with the default
+    ``every_n_steps`` (``logging_steps``) the scale sits next to the loss.
+
+    Where things land:
+
+    - every ``report_to`` integration: TensorBoard (HF's own writer, the events file
+      under ``output_dir/runs/``) and W&B (HF's run, against ``train/global_step``)
+      get ``scalewatch/NAME/{scale,raw,grad,min,max,clamp_fraction}``, the alerts
+      (W&B), the Margin layout and the plot image; any other integration gets the
+      values through its ``on_log``, as ``Trainer.log`` would give them;
+    - ``output_dir/scalewatch_history.jsonl``: one line per scale and reading;
+    - ``output_dir/scale_history.png``: at the end of training (after a crash the
+      history is complete up to the last reading: ``scalewatch plot OUTPUT_DIR``);
+    - checkpoints: the watcher's position goes into ``trainer_state.json``, so
+      ``trainer.train(resume_from_checkpoint=...)`` continues one record.
+
+    Only the world process zero writes and alerts; every rank reads the same
+    (all-reduced) values, so with ``on_saturation="stop"`` every rank stops at the
+    same step.
+
+    Args:
+        every_n_steps: read every N optimizer steps; default: the Trainer's
+            ``logging_steps`` (a ratio < 1 as HF resolves it).
+        warn_fraction: ``near_upper`` fires when ``scale > warn_fraction * max``,
+            ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
+        patience: consecutive checks a scale must be pinned before ``pinned`` fires.
+        params: bare parameters to watch, ``{"logit_scale": (0.0, 4.6052)}``.
+        on_saturation: ``"warn"`` only alerts; ``"stop"`` also sets
+            ``control.should_training_stop`` at the step an alert fires.
+        alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
+        plot: write ``scale_history.png`` at the end and send it to TensorBoard and W&B.
+        plot_every_n_checks: also send the plot to the loggers every K checks.
+        max_plot_panels: how many scales the plot draws (those closest to a bound).
+        max_logged_elements: the per-element key cap for per-head scales (see ``ScaleWatcher``).
+        notify: notification URL(s) for alerts (apprise); ``None`` reads ``SCALEWATCH_NOTIFY``.
+
+    Raises:
+        ValueError: on a bad argument (named, with its value) here, and when training
+            starts for a ``params`` name the model does not have.
+
+    Example::
+
+        from scalewatch.callbacks.hf import ScaleMonitorCallback
+        args = TrainingArguments(output_dir="out", logging_steps=50, report_to=["tensorboard"])
+        trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ScaleMonitorCallback()])
+        trainer.train()   # out/scalewatch_history.jsonl, out/scale_history.png, out/runs/...
+    """
+
+    def __init__(
+        self,
+        every_n_steps: Optional[int] = None,
+        warn_fraction: float = 0.9,
+        patience: int = 3,
+        params: Optional[Dict[str, Any]] = None,
+        on_saturation: str = "warn",
+        alert_callback: Optional[Callable[[Alert], None]] = None,
+        plot: bool = True,
+        plot_every_n_checks: Optional[int] = None,
+        max_plot_panels: int = 6,
+        notify: Optional[Any] = None,
+        max_logged_elements: int = MAX_LOGGED_ELEMENTS,
+    ) -> None:
+        self.settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction, patience=patience,
+                                      params=params, on_saturation=on_saturation, alert_callback=alert_callback,
+                                      plot=plot, plot_every_n_checks=plot_every_n_checks,
+                                      max_plot_panels=max_plot_panels, notify=notify,
+                                      max_logged_elements=max_logged_elements)
+        self.watcher: Optional[ScaleWatcher] = None
+        self._handler: Optional[CallbackHandler] = None
+        self._start_at: Optional[int] = None  # the step the record starts at, once the loggers exist
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._find_place()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._find_place()  # a callback added with trainer.add_callback() after the Trainer was built
+        if self._handler is None:
+            log.warning("scalewatch: ScaleMonitorCallback found no Trainer callback list calling it; readings go "
+                        "to the history file only, not to the report_to integrations")
+        if self.watcher is not None:
+            self.watcher.close()  # a train() that ended without on_train_end (an exception)
+        n = self.settings.every_n_steps or int(state.logging_steps or 0) or DEFAULT_EVERY_N_STEPS
+        # first_step=1: HF numbers a step by its global_step once taken, and logs the loss there.
+        watcher = ScaleWatcher(model, settings=dataclasses.replace(self.settings, every_n_steps=n),
+                               is_global_zero=state.is_world_process_zero, first_step=1)
+        watcher.log_dir = os.path.abspath(args.output_dir)  # the checkpointed history path must survive a cd
+        saved = state.stateful_callbacks.get(STATE_KEY) if state.global_step > 0 else None
+        if saved:  # resumed from a checkpoint this callback wrote into
+            watcher.load_state_dict(saved)
+        self.watcher = watcher
+        self._start_at = state.global_step + 1
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The first step, not on_train_begin: that may run before the integrations' own
+        # on_train_begin has made their TensorBoard writer / W&B run (see _find_place).
+        if self._start_at is not None and self.watcher is not None:
+            if state.is_world_process_zero:
+                self.watcher.sinks = self._sinks(args, state, control)
+            self.watcher.start(self._start_at)
+            self._start_at = None
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
+                              **kwargs: Any) -> None:
+        # HF calls this once per optimizer step, after accumulation, unscaling and clipping.
+        watcher = self.watcher
+        if watcher is None:
+            return
+        checks = watcher.checks
+        # A GradScaler (fp16) skips its overflow steps: non-finite gradients there are by design.
+        watcher.step(state.global_step + 1, grad_must_be_finite=getattr(optimizer, "scaler", None) is None)
+        if watcher.checks == checks:
+            return  # not a check step
+        # Saved with trainer_state.json by every checkpoint from here on.
+        state.stateful_callbacks[STATE_KEY] = watcher.state_dict()
+        if watcher.should_stop:
+            control.should_training_stop = True
+
+    # ---- the end ------------------------------------------------------------------------
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.watcher is not None:
+            self.watcher.close(step=state.global_step)
+        self._handler = None  # found again by the next train(); holds the Trainer's model and optimizer
+
+    # ---- the Trainer's other callbacks --------------------------------------------------
+
+    def _find_place(self) -> None:
+        """Find the Trainer's callback list and take a place before the ``report_to`` integrations.
+
+        HF hands a callback no reference to the Trainer or its other callbacks, and
+        runs the integrations first: TensorBoardCallback's ``on_train_end`` closes the
+        writer before a later callback's ``on_train_end`` could send the final plot
+        through it. So this callback finds the :class:`CallbackHandler` that is calling
+        it and moves itself before the first integration. Its values do not ride on
+        HF's ``logs`` dict (whose keys the integrations rewrite to ``train/...``); it
+        writes through the integrations' own writer and run with the engine's keys,
+        so no second writer opens in HF's TensorBoard directory.
+        """
+        handler = _calling_handler(self)
+        if handler is None:
+            return
+        self._handler = handler
+        callbacks = handler.callbacks
+        me = next(i for i, cb in enumerate(callbacks) if cb is self)
+        first = next((i for i, cb in enumerate(callbacks[:me]) if isinstance(cb, INTEGRATIONS)), None)
+        if first is not None:
+            # The handler is iterating this list right now, at index `me`: moving this
+            # element to an earlier index leaves the callbacks after it at their indices,
+            # so none of them is skipped or called twice.
+            callbacks.insert(first, callbacks.pop(me))
+
+    def _sinks(self, args: Any, state: Any, control: Any) -> List[ScaleSink]:
+        """The ``report_to`` integrations as the engine's sinks (rank zero, after their set-up)."""
+        sinks: List[ScaleSink] = []
+        for cb in self._handler.callbacks if self._handler is not None else ():
+            if isinstance(cb, TensorBoardCallback):
+                if cb.tb_writer is not None:
+                    sinks.append(TensorBoardSink(cb.tb_writer))
+            elif isinstance(cb, WandbCallback):
+                run = getattr(getattr(cb, "_wandb", None), "run", None)
+                if run is not None:
+                    sinks.append(WandbSink(run, step_metric=HF_WANDB_STEP_METRIC))
+            elif isinstance(cb, INTEGRATIONS):
+                sinks.append(IntegrationSink(cb, args, state, control))
+        return sinks
+
+    def __repr__(self) -> str:
+        return f"ScaleMonitorCallback(every_n_steps={self.settings.every_n_steps}, watcher={self.watcher!r})"
+
+
+class IntegrationSink(ScaleSink):
+    """Any other ``report_to`` integration (MLflow, Comet, ...): values through its ``on_log``.
+
+    That is how ``Trainer.log`` hands an integration its metrics, with the state's
+    ``global_step`` set to the reading's step.
+    """
+
+    def __init__(self, callback: TrainerCallback, args: Any, state: Any, control: Any) -> None:
+        self.callback, self.args, self.state, self.control = callback, args, state, control
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        at_step = copy.copy(self.state)
+        at_step.global_step = step
+        try:
+            self.callback.on_log(self.args, at_step, self.control, logs=dict(metrics))
+        except Exception as err:  # a logger must never end training
+            log.warning("scalewatch could not log to %s: %s", type(self.callback).__name__, err)
+
+
+def _calling_handler(callback: TrainerCallback) -> Optional[CallbackHandler]:
+    """The :class:`CallbackHandler` whose ``call_event`` is calling a hook of ``callback`` now."""
+    frame = sys._getframe(1)
+    for _ in range(6):  # this function <- the hook <- call_event (<- a subclass's super() call)
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
+            return owner
+        frame = frame.f_back
+    return None
