@@ -39,6 +39,9 @@ if not logging.getLogger().hasHandlers() and not log.handlers:
 
 #: every_n_steps when neither the user nor the front door chooses one
 DEFAULT_EVERY_N_STEPS = 50
+#: watches of at least this many values write their history on a writer thread
+#: (encoding 16k lines is tens of milliseconds; a few hundred cost well under one)
+BACKGROUND_HISTORY_VALUES = 2048
 
 
 def metric_key(name: str, field: str) -> str:
@@ -294,7 +297,8 @@ class ScaleWatcher:
         if self.history_path is not None:
             if fresh:
                 self._set_aside_earlier_history()
-            self.history = HistorySink(self.history_path)
+            values = sum(s.numel for s in self.scales)
+            self.history = HistorySink(self.history_path, background=values >= BACKGROUND_HISTORY_VALUES)
             if self._resume is not None:
                 self.history.resume(self._resume.get("history_path"), self._resume["last_step"])
             elif not fresh:  # e.g. another fit() of the same trainer goes on from its step
@@ -438,6 +442,7 @@ class ScaleWatcher:
             return
         from scalewatch.dashboards import plot as plotting  # matplotlib only when drawing
 
+        self.history.wait()  # every handed-over check is in the file before it is read
         on_disk = self.history.on_disk
         if on_disk and not os.path.exists(self.history.path):
             return

@@ -138,3 +138,30 @@ def test_a_thousand_tensors_of_sixteen_heads_are_summarised_and_fully_recorded(t
     assert len(watcher.summarised) == 1000 and watcher.names == []
     assert len(got[0]) == 1000 * 11  # 9 summary fields + both bounds per tensor
     assert len(readback.history(str(tmp_path))) == 16_000
+
+
+def test_a_large_watch_writes_on_a_thread_and_still_resumes_and_plots_in_order(tmp_path):
+    model = nn.ModuleList(AttentionBiasGenerator(num_heads=16) for _ in range(256))  # 4096 values
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train(watcher: ScaleWatcher, steps: range) -> None:
+        for step in steps:
+            torch.stack([g(torch.ones(16, 2, 2)).float().mean() for g in model]).sum().neg().backward()
+            watcher.step(step)
+            opt.step()
+            opt.zero_grad()
+
+    first = ScaleWatcher(model, log_dir=tmp_path, every_n_steps=1, max_plot_panels=2)
+    train(first, range(3))
+    assert first.history is not None and first.history._thread is not None  # the writer thread is in use
+    saved = first.state_dict()  # at step 2
+    train(first, range(3, 5))
+    first.close()
+    second = ScaleWatcher(model, log_dir=tmp_path, every_n_steps=1, max_plot_panels=2)
+    second.load_state_dict(saved)
+    with second:
+        train(second, range(3, 6))
+    steps = [r["step"] for r in readback.history(str(tmp_path))]
+    assert steps == sorted(steps) and sorted(set(steps)) == list(range(6))
+    assert all(steps.count(s) == 4096 for s in range(6))
+    assert (tmp_path / "scale_history.png").exists()
