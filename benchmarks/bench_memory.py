@@ -7,7 +7,10 @@ process's resident memory (RSS, psutil) every 5k.
 How the steps are driven, and why. A real ``fit()`` attaches the monitor: a
 LightningModule with one AttentionBiasGenerator, a Trainer with a CSVLogger, the
 monitor's ``setup`` / ``on_fit_start`` / ``on_train_start`` all run, one real
-training step is taken (so the scale has a gradient). Then the loop calls the
+training step is taken (so the scale has a gradient). The end of that fit closes
+the monitor's engine (``ScaleWatcher``), so the monitor is started again on the
+same trainer as a second ``fit()`` would start it (``setup``, ``on_fit_start``,
+``on_train_start``: a new engine that continues the record). Then the loop calls the
 monitor's ``on_before_optimizer_step(trainer, module, optimizer)`` directly, 100k
 times, on that trainer, advancing ``trainer.global_step`` by one each time (the
 loop's optimizer-step counter, which is what Lightning advances) and nudging the
@@ -37,7 +40,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import quiet, report, rss_mb, trainer_kwargs
+from benchmarks.common import observe_record, quiet, report, rss_mb, trainer_kwargs
 from scalewatch.callbacks import ScaleMonitor
 from scalewatch.monitor import AttentionBiasGenerator
 
@@ -71,15 +74,25 @@ def _advance(trainer: pl.Trainer) -> None:
 
 
 class InMemoryHistoryMonitor(ScaleMonitor):
-    """Control: a monitor that also keeps every record in a list, as an in-memory history would."""
+    """Control: a monitor whose engine also keeps every record in a list, as an in-memory history would."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kept: List[Dict[str, Any]] = []
 
-    def _record(self, trainer, readings, alerts) -> None:
-        super()._record(trainer, readings, alerts)
-        self.kept.extend(r.to_record() for r in readings)
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.watcher is not None:
+            observe_record(self.watcher, lambda step, readings, alerts, seconds:
+                           self.kept.extend(r.to_record() for r in readings))
+
+
+def _second_fit(monitor: ScaleMonitor, trainer: pl.Trainer, model: pl.LightningModule) -> None:
+    """Start the monitor again on ``trainer`` as another ``fit()`` of it would: a new engine that goes on
+    from the closed one's record (the end of the first fit closed it)."""
+    monitor.setup(trainer, model, "fit")
+    monitor.on_fit_start(trainer, model)
+    monitor.on_train_start(trainer, model)
 
 
 def _drive(monitor: ScaleMonitor, steps: int, sample_every: int, root: str, accelerator: str,
@@ -90,7 +103,7 @@ def _drive(monitor: ScaleMonitor, steps: int, sample_every: int, root: str, acce
                          logger=CSVLogger(root, name="memory"))
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 8)), batch_size=4))
     assert model.attention_bias_generator.bias_scale.grad is not None
-    monitor.on_train_start(trainer, model)  # fit ended and closed the history: reopen it, as a second fit would
+    _second_fit(monitor, trainer, model)
     optimizer = trainer.optimizers[0]
     raw = model.attention_bias_generator.bias_scale
     samples = []

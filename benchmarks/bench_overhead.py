@@ -23,8 +23,10 @@ blocks alternate ``B V1 B V2 B ... Vn B``, the variants in a fresh random order 
 each of ``--rounds`` rounds, after one untimed warm-up block. A variant is switched
 on for its block and off after it: a ScaleMonitor is added to / removed from
 ``trainer.callbacks`` (so Lightning's dispatch of its hooks is paid in its blocks
-only; it was present at set-up, so its history file and loggers are real), the
-generators' random print and the model's ``self.log`` calls are flags. The switch
+only; it was present at set-up, so its engine, history file and loggers are real)
+and the generators' clamp-fraction statistic is set for that step's forward as
+its engine's schedule has it (off in every other block); the generators' random
+print and the model's ``self.log`` calls are flags. The switch
 happens in the module's ``on_train_batch_start`` and its own time is subtracted.
 Alternating every 0.5 s keeps each variant block next to two baseline blocks that
 saw the same load from other processes.
@@ -60,8 +62,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from benchmarks.common import (BenchEncoder, PERIOD, RandomPrintBiasGenerator, StepTimer, cycled_data,
-                               no_monitoring_work, quiet, report, spread, trainer_kwargs)
+from benchmarks.common import (METRICS, PERIOD, BenchEncoder, RandomPrintBiasGenerator, StepTimer, cycled_data,
+                               neighbour_ratios, no_monitoring_work, quiet, ratio_row, ratio_table, report,
+                               trainer_kwargs, with_in_hook)
 from scalewatch.callbacks import ScaleMonitor
 
 IN_FIT = ("monitor_n50", "monitor_n1", "random_print", "self_log")
@@ -76,8 +79,6 @@ LABELS = {
     "wandb_logger": "WandbLogger (offline) added, no watch",
     "wandb_watch": "WandbLogger.watch(model, log='all', log_freq=50), offline",
 }
-#: what each block's step time is measured in: CPU time (this process and its children) and wall time
-METRICS = ("cpu", "wall")
 #: the issue's target: monitor(N=50) / baseline, median over rounds
 TARGET_N50 = 1.01
 
@@ -122,7 +123,7 @@ class SwitchableEncoder(BenchEncoder):
     # next), so trainer.callbacks is not being iterated while the switchboard edits it.
     def on_train_batch_start(self, batch, batch_idx):
         if self.switchboard is not None:
-            self.switchboard.at_step(self.trainer.global_step, batch, batch_idx)
+            self.switchboard.at_step(self.trainer.global_step)
 
     def on_train_end(self):
         if self.switchboard is not None:
@@ -150,6 +151,8 @@ class TimedScaleMonitor(ScaleMonitor):
 
     Only the hooks ScaleMonitor defines are wrapped (the others stay Lightning's
     no-ops), so the wrapping adds one ``perf_counter`` pair per hook it has anyway.
+    Since the engine refactor that is ``on_before_optimizer_step`` alone: the
+    engine's ``step`` does the schedule, the read and the record inside it.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -159,7 +162,9 @@ class TimedScaleMonitor(ScaleMonitor):
 
 
 for _name in PER_STEP_HOOKS:
-    if getattr(ScaleMonitor, _name) is not getattr(pl.Callback, _name):
+    # Its own hooks only: ScaleMonitor derives from both Lightning packages' Callback,
+    # so comparing with one package's no-op would wrap the other's no-ops too.
+    if any(_name in vars(cls) for cls in ScaleMonitor.__mro__ if cls.__module__.startswith("scalewatch.")):
         setattr(TimedScaleMonitor, _name, _timed(_name))
 
 
@@ -177,7 +182,7 @@ class Switchboard:
         block = step // PERIOD
         return self.schedule[block] if block < len(self.schedule) else "baseline"
 
-    def at_step(self, step: int, batch: Any, batch_idx: int) -> None:
+    def at_step(self, step: int) -> None:
         wanted = self.variant_at(step)
         if wanted == self.current:
             return
@@ -185,29 +190,31 @@ class Switchboard:
         if self.current is None:  # first step: the monitors were only needed for set-up
             for monitor in self.monitors.values():
                 if monitor in self.trainer.callbacks:
-                    self.trainer.callbacks.remove(monitor)
-                    monitor.teardown(self.trainer, self.model, "fit")
-            no_monitoring_work(self.model)
+                    self._switch_monitor(monitor, step, on=False)
         else:
-            self._switch(self.current, on=False, batch=batch, batch_idx=batch_idx)
-        self._switch(wanted, on=True, batch=batch, batch_idx=batch_idx)
+            self._switch(self.current, step, on=False)
+        self._switch(wanted, step, on=True)
         self.current = wanted
         self.timer.exclude(len(self.timer.starts) - 1, time.perf_counter() - w0, time.process_time() - c0)
 
-    def _switch(self, variant: str, on: bool, batch: Any, batch_idx: int) -> None:
+    def _switch_monitor(self, monitor: ScaleMonitor, step: int, on: bool) -> None:
+        # The monitor went through setup / on_fit_start / on_train_start at fit start, so its
+        # engine (history file, loggers) is real and stays started; switching moves it in and
+        # out of trainer.callbacks (Lightning's dispatch of its hooks is paid in its blocks
+        # only) and puts the modules' per-forward work (the clamp fraction) where a fit with /
+        # without it has it: for this step's forward, what the engine's schedule says.
+        watcher = monitor.watcher
+        if on:
+            self.trainer.callbacks.append(monitor)
+            watcher._track_clamp_fraction(watcher.schedule(step))
+        else:
+            self.trainer.callbacks.remove(monitor)
+            watcher._track_clamp_fraction(False)
+            no_monitoring_work(self.model)
+
+    def _switch(self, variant: str, step: int, on: bool) -> None:
         if variant in self.monitors:
-            # Through the monitor's own hooks: setup/teardown put the modules' per-forward
-            # work (the clamp fraction) where a fit with / without the monitor has it, and
-            # on_train_batch_start is the one hook of this step it was not yet in the list for.
-            monitor = self.monitors[variant]
-            if on:
-                monitor.setup(self.trainer, self.model, "fit")
-                self.trainer.callbacks.append(monitor)
-                monitor.on_train_batch_start(self.trainer, self.model, batch, batch_idx)
-            else:
-                self.trainer.callbacks.remove(monitor)
-                monitor.teardown(self.trainer, self.model, "fit")
-                no_monitoring_work(self.model)  # teardown restores the modules' default (on)
+            self._switch_monitor(self.monitors[variant], step, on)
         elif variant == "random_print":
             for gen in self.model.generators():
                 gen.enabled = on
@@ -220,7 +227,6 @@ class Switchboard:
         """Put every monitor back so that on_fit_end closes its history and draws its plot."""
         for monitor in self.monitors.values():
             if monitor not in self.trainer.callbacks:
-                monitor.setup(self.trainer, self.model, "fit")
                 self.trainer.callbacks.append(monitor)
 
 
@@ -229,17 +235,8 @@ def _loggers(root: str, name: str, version: str) -> List[Any]:
             CSVLogger(f"{root}/csv", name=name, version=version)]
 
 
-def _ratios(seq: Sequence[Dict[str, Any]], variants: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
-    """Ratio of every variant entry to the mean of the baseline entries on either side of it."""
-    out = {m: {v: [] for v in variants} for m in METRICS}
-    for i, entry in enumerate(seq):
-        if entry["variant"] == "baseline":
-            continue
-        before = next(e for e in reversed(seq[:i]) if e["variant"] == "baseline")
-        after = next(e for e in seq[i + 1:] if e["variant"] == "baseline")
-        for m in METRICS:
-            out[m][entry["variant"]].append(entry[m] / statistics.fmean([before[m], after[m]]))
-    return out
+#: kept for the front-door benchmarks that share this table (bench_hf, bench_mmengine)
+_ratios = neighbour_ratios
 
 
 # ---- comparison 1: switching inside one fit --------------------------------------------------
@@ -276,9 +273,14 @@ def run_in_fit(rounds: int, batch_size: int, variants: Sequence[str], accelerato
     in_hook = {}
     for v, monitor in monitors.items():
         steps_on = PERIOD * schedule.count(v)
+        expected = steps_on // monitor.watcher.every_n_steps
+        if monitor.checks != expected:  # the switch must give the engine exactly the steps of its blocks
+            raise RuntimeError(f"{v}: {monitor.checks} checks in {schedule.count(v)} blocks, expected {expected}")
+        if any(r.clamp_fraction is None for r in monitor.watcher.last_readings):
+            raise RuntimeError(f"{v}: the last check has no clamp fraction: the switch left its forward untracked")
         in_hook[v] = {"hook_s_per_step": monitor.hook_s / steps_on, "hook_calls": monitor.hook_calls,
                       "checks": monitor.checks}
-    return {"schedule": schedule, "blocks": blocks, "ratios": _ratios(blocks, variants), "in_hook": in_hook,
+    return {"schedule": schedule, "blocks": blocks, "ratios": neighbour_ratios(blocks, variants), "in_hook": in_hook,
             "fit_wall_s": fit_wall, "steps": steps}
 
 
@@ -327,7 +329,7 @@ def run_by_fit(rounds: int, blocks: int, batch_size: int, variants: Sequence[str
             segments.append(_fit_segment(v, root, f"r{r}", blocks, batch_size, accelerator))
             segments.append(_fit_segment("baseline", root, f"r{r}-{v}", blocks, batch_size, accelerator))
         log(f"  by-fit round {r + 1}/{rounds} done")
-    return {"segments": segments, "ratios": _ratios(segments, variants)}
+    return {"segments": segments, "ratios": neighbour_ratios(segments, variants)}
 
 
 # ---- both -----------------------------------------------------------------------------------
@@ -356,10 +358,7 @@ def run(rounds: int = 24, fit_rounds: int = 4, fit_blocks: int = 3, batch_size: 
             for v in in_fit_variants:
                 mine = [b for b in one["blocks"] if b["variant"] == v]
                 row = _row(v, "1: one fit, switched per 50-step block", mine, one["ratios"], len(mine))
-                if v in one["in_hook"]:
-                    row["in_hook"] = dict(one["in_hook"][v], ratio=1 + one["in_hook"][v]["hook_s_per_step"] * 1e3
-                                          / base_ms["wall"])
-                rows.append(row)
+                rows.append(with_in_hook(row, one["in_hook"][v], base_ms["wall"]) if v in one["in_hook"] else row)
             result["in_fit"] = one
         if by_fit_variants:
             log(f"  comparison 2: {fit_rounds} rounds of {by_fit_variants} as alternating fits ...")
@@ -388,33 +387,12 @@ def run(rounds: int = 24, fit_rounds: int = 4, fit_blocks: int = 3, batch_size: 
 
 def _row(variant: str, comparison: str, entries: List[Dict[str, Any]],
          ratios: Optional[Dict[str, Dict[str, List[float]]]], n: int) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"variant": variant, "label": LABELS[variant], "comparison": comparison}
-    for m in METRICS:
-        row[f"{m}_ms"] = statistics.median(e[m] for e in entries) * 1e3
-        row[f"{m}_ratio"] = (spread(ratios[m][variant]) if ratios else
-                             {"min": 1.0, "median": 1.0, "max": 1.0, "n": n, "median_ci95": [1.0, 1.0]})
-    return row
+    return ratio_row(variant, LABELS[variant], comparison, entries, ratios, n)
 
 
 def format_table(result: Dict[str, Any]) -> str:
-    p = result.get("primary_metric", "cpu")
-    lines = [f"| variant | {p} ms/step | {p} ratio min / **median** / max | 95% CI of the median "
-             f"| {'wall' if p == 'cpu' else 'cpu'} ratio median | in-hook |", "|---|---:|---:|---:|---:|---:|"]
-    other = "wall" if p == "cpu" else "cpu"
-    comparison = None
-    for row in result["rows"]:
-        if row["comparison"] != comparison:
-            comparison = row["comparison"]
-            lines.append(f"| *comparison {comparison}* | | | | | |")
-        r, o = row[f"{p}_ratio"], row[f"{other}_ratio"]
-        lo, hi = r["median_ci95"]
-        hook = f"{row['in_hook']['ratio']:.4f}" if "in_hook" in row else ""
-        base = row["variant"] == "baseline"
-        lines.append(f"| {row['label']} | {row[f'{p}_ms']:.2f} | "
-                     + ("1 (n=%d)" % r["n"] if base else f"{r['min']:.3f} / **{r['median']:.3f}** / {r['max']:.3f}")
-                     + " | " + ("" if base else f"{lo:.3f} - {hi:.3f}") + " | "
-                     + ("" if base else f"{o['median']:.3f}") + f" | {hook} |")
-    return "\n".join(lines)
+    """The result as a Markdown table (bench_hf, bench_mmengine and bench_plain_loop lay theirs out alike)."""
+    return ratio_table(result)
 
 
 def main(argv=None) -> int:

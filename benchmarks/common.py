@@ -17,7 +17,7 @@ import statistics
 import time
 import warnings
 import weakref
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -138,15 +138,18 @@ class BiasedEncoderLayer(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class BenchEncoder(pl.LightningModule):
-    """A 2-layer encoder regressing a target from a token sequence; one bias generator per layer."""
+class Encoder(nn.Module):
+    """A 2-layer encoder regressing a target from a token sequence; one bias generator per layer.
+
+    Plain ``nn.Module``: what the plain-loop benchmark trains. :class:`BenchEncoder`
+    is the same model as a LightningModule.
+    """
 
     generator_cls: type = AttentionBiasGenerator
 
     def __init__(self, features: int = 16, d_model: int = 64, heads: int = 4, ff: int = 128, route: int = 16,
-                 layers: int = 2, lr: float = 1e-3) -> None:
+                 layers: int = 2) -> None:
         super().__init__()
-        self.lr = lr
         self.embed = nn.Linear(features, d_model)
         self.layers = nn.ModuleList(BiasedEncoderLayer(d_model, heads, ff, route, self.generator_cls)
                                     for _ in range(layers))
@@ -161,6 +164,14 @@ class BenchEncoder(pl.LightningModule):
 
     def generators(self) -> List[AttentionBiasGenerator]:
         return [layer.attention_bias_generator for layer in self.layers]
+
+
+class BenchEncoder(Encoder, pl.LightningModule):
+    """:class:`Encoder` as a LightningModule (same parameters and names), trained with AdamW."""
+
+    def __init__(self, lr: float = 1e-3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lr = lr
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -224,15 +235,15 @@ def trainer_kwargs(root: str, max_steps: int, accelerator: str = "auto") -> Dict
 # ---- timing ----------------------------------------------------------------------------------
 
 
-class StepTimer(Callback):
-    """Wall and CPU time of every optimizer step: from one batch's start to the next one's.
+class StepClock:
+    """Wall and CPU time of every step, ticked at each step's start; averaged per block of ``period`` steps.
 
-    That interval holds everything the loop does for a step: fetching the batch,
-    forward, backward, every callback hook, the optimizer, and the logger writes
-    Lightning does after ``on_train_batch_end``. CPU time is this process's (all its
-    threads) plus, at block boundaries, its child processes' (wandb's service
-    process does its writing there). On a GPU it synchronizes at each batch start
-    so device time is not hidden in a queue.
+    Framework-free: a plain loop ticks it at the top of each iteration, a trainer
+    from a hook at each batch's start (:class:`StepTimer`). The interval from one
+    tick to the next holds everything the loop does for a step. CPU time is this
+    process's (all its threads) plus, at block boundaries, its child processes'
+    (wandb's service process does its writing there). On a GPU each tick
+    synchronizes, so device time is not hidden in a queue.
     """
 
     def __init__(self, warmup: int = 0, period: int = PERIOD) -> None:
@@ -245,7 +256,8 @@ class StepTimer(Callback):
         self.excluded: Dict[int, Tuple[float, float]] = {}
         self._children: List[Any] = []
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def watch_children(self) -> None:
+        """Count the CPU time of the child processes that exist now (call once the loop's services run)."""
         import psutil
 
         self._children = psutil.Process().children(recursive=True)
@@ -260,11 +272,12 @@ class StepTimer(Callback):
                 pass
         return total
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+    def tick(self, device: torch.device) -> None:
+        """A step starts now."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         i = len(self.starts)
-        if i >= self.warmup and (i - self.warmup) % self.period == 0:
+        if self._children and i >= self.warmup and (i - self.warmup) % self.period == 0:
             self.child_cpu[i] = self._children_cpu()
         self.cpu.append(time.process_time())
         self.starts.append(time.perf_counter())
@@ -291,6 +304,21 @@ class StepTimer(Callback):
         return {"wall": wall, "cpu": cpu}
 
 
+class StepTimer(StepClock, Callback):
+    """A :class:`StepClock` ticked by Lightning: from one batch's start to the next one's.
+
+    That interval holds everything the loop does for a step: fetching the batch,
+    forward, backward, every callback hook, the optimizer, and the logger writes
+    Lightning does after ``on_train_batch_end``.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.watch_children()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.tick(pl_module.device)
+
+
 def spread(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Dict[str, float]:
     """min / median / max, and a bootstrap 95% interval of the median (how well the median is pinned down)."""
     import random
@@ -300,6 +328,82 @@ def spread(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Dic
     medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values),
             "median_ci95": [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]}
+
+
+#: what each block's step time is measured in: CPU time (this process and its children) and wall time
+METRICS = ("cpu", "wall")
+
+
+def neighbour_ratios(seq: Sequence[Dict[str, Any]], variants: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+    """Ratio of every variant entry to the mean of the baseline entries on either side of it, per clock."""
+    out: Dict[str, Dict[str, List[float]]] = {m: {v: [] for v in variants} for m in METRICS}
+    for i, entry in enumerate(seq):
+        if entry["variant"] == "baseline":
+            continue
+        before = next(e for e in reversed(seq[:i]) if e["variant"] == "baseline")
+        after = next(e for e in seq[i + 1:] if e["variant"] == "baseline")
+        for m in METRICS:
+            out[m][entry["variant"]].append(entry[m] / statistics.fmean([before[m], after[m]]))
+    return out
+
+
+def ratio_row(variant: str, label: str, comparison: str, entries: List[Dict[str, Any]],
+              ratios: "Dict[str, Dict[str, List[float]]] | None", n: int) -> Dict[str, Any]:
+    """One table row: median ms/step per clock and the spread of the variant's ratios (1 for the baseline)."""
+    row: Dict[str, Any] = {"variant": variant, "label": label, "comparison": comparison}
+    for m in METRICS:
+        row[f"{m}_ms"] = statistics.median(e[m] for e in entries) * 1e3
+        row[f"{m}_ratio"] = (spread(ratios[m][variant]) if ratios else
+                             {"min": 1.0, "median": 1.0, "max": 1.0, "n": n, "median_ci95": [1.0, 1.0]})
+    return row
+
+
+def ratio_table(result: Dict[str, Any], hook_column: str = "in-hook") -> str:
+    """An A/B result's rows as Markdown: the primary clock's ratios, the other clock's median, the direct account."""
+    p = result.get("primary_metric", "cpu")
+    other = "wall" if p == "cpu" else "cpu"
+    lines = [f"| variant | {p} ms/step | {p} ratio min / **median** / max | 95% CI of the median "
+             f"| {other} ratio median | {hook_column} |", "|---|---:|---:|---:|---:|---:|"]
+    comparison = None
+    for row in result["rows"]:
+        if row["comparison"] != comparison:
+            comparison = row["comparison"]
+            lines.append(f"| *comparison {comparison}* | | | | | |")
+        r, o = row[f"{p}_ratio"], row[f"{other}_ratio"]
+        lo, hi = r["median_ci95"]
+        hook = f"{row['in_hook']['ratio']:.4f}" if "in_hook" in row else ""
+        base = row["variant"] == "baseline"
+        lines.append(f"| {row['label']} | {row[f'{p}_ms']:.2f} | "
+                     + ("1 (n=%d)" % r["n"] if base else f"{r['min']:.3f} / **{r['median']:.3f}** / {r['max']:.3f}")
+                     + " | " + ("" if base else f"{lo:.3f} - {hi:.3f}") + " | "
+                     + ("" if base else f"{o['median']:.3f}") + f" | {hook} |")
+    return "\n".join(lines)
+
+
+def with_in_hook(row: Dict[str, Any], account: Dict[str, Any], base_wall_ms: float) -> Dict[str, Any]:
+    """``row`` with its direct account: seconds per step inside the monitor, as 1 + that / the baseline step."""
+    return dict(row, in_hook=dict(account, ratio=1 + account["hook_s_per_step"] * 1e3 / base_wall_ms))
+
+
+# ---- the engine's record path ----------------------------------------------------------------
+
+
+def observe_record(watcher: Any, observe: Callable[[int, List[Any], List[Any], float], None]) -> None:
+    """Call ``observe(step, readings, alerts, seconds)`` after each pass of ``watcher``'s record path.
+
+    The record path is :meth:`ScaleWatcher._record` (the loggers and the history
+    line). Wrapped on this one instance, so other watchers and what the path does
+    stay as they are.
+    """
+    record = watcher._record
+
+    # Whatever else the engine passes along (it may grow arguments) goes through untouched.
+    def observed(step: int, readings: List[Any], alerts: List[Any], *more: Any, **kw: Any) -> None:
+        t0 = time.perf_counter()
+        record(step, readings, alerts, *more, **kw)
+        observe(step, readings, alerts, time.perf_counter() - t0)
+
+    watcher._record = observed
 
 
 # ---- host reads --------------------------------------------------------------------------------

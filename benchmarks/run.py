@@ -2,47 +2,70 @@
 
     python -m benchmarks.run                 # what `make bench` runs (a few minutes)
     python -m benchmarks.run --quick         # seconds: checks the harness, numbers mean little
-    python -m benchmarks.run --only scaling  # one of: overhead, scaling, memory
+    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, memory, hf, mmengine
+    python -m benchmarks.run --only overhead --baseline-ref c093679   # + the Lightning rows of an earlier commit
 
 Results go to ``benchmarks/results/`` (git-ignored): ``bench-<time>.json``, and
 ``latest.json`` / ``latest.md`` next to it. Targets are printed with the tables;
-``--strict`` makes a missed target the exit status (1).
+``--strict`` makes a missed target the exit status (1). The ``hf`` and ``mmengine``
+parts run where their benchmark module and their framework are installed, and are
+skipped with a note elsewhere.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from benchmarks import bench_memory, bench_overhead, bench_scaling
+from benchmarks import bench_memory, bench_overhead, bench_plain_loop, bench_scaling, compare_refs
 from benchmarks.common import describe_machine, machine, quiet, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("overhead", "scaling", "memory")
+PARTS = ("overhead", "plain_loop", "scaling", "memory", "hf", "mmengine")
+#: parts written elsewhere, loaded only when asked for: part -> (module, framework it needs, extra that installs it)
+OPTIONAL_PARTS = {"hf": ("benchmarks.bench_hf", "transformers", "transformers"),
+                  "mmengine": ("benchmarks.bench_mmengine", "mmengine", "mmengine")}
+#: the Markdown's sections in order: result key -> heading (from the result)
+HEADINGS: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "overhead": lambda r: ("**Overhead per optimizer step** (ratio to no monitoring; "
+                           f"{r['config']['model']}; loggers {r['config']['loggers']})"),
+    "plain_loop": lambda r: ("**A plain PyTorch loop: ScaleWatcher per optimizer step** (ratio to the same loop "
+                             f"without it; loggers: {r['config']['loggers']})"),
+    "hf": lambda r: f"**HF Transformers Trainer** (ratio to no callback; loggers: {r['config'].get('loggers')})",
+    "mmengine": lambda r: f"**mmengine Runner** (ratio to no hook; loggers: {r['config'].get('loggers')})",
+    "compare_refs": lambda r: (f"**Lightning rows, {r['config']['ref']} against the working tree** (ratio to no "
+                               "monitoring, each side against its own baseline blocks)"),
+    "scaling": lambda r: f"**One check step vs K watched scales** (loggers: {r['config']['loggers']})",
+    "scaling_tb": lambda r: f"**The same with a TensorBoardLogger** (loggers: {r['config']['loggers']})",
+    "memory": lambda r: f"**Memory, {r['config']['steps']:,} steps at every_n_steps=1**",
+}
 
 
-def _markdown(results: Dict[str, Any]) -> str:
+def optional_part(part: str) -> Optional[ModuleType]:
+    """The benchmark module of an optional part, or ``None`` (with a note) when it or its framework is missing."""
+    module, framework, extra = OPTIONAL_PARTS[part]
+    if importlib.util.find_spec(module) is None:
+        print(f"\n[{part}] skipped: {module.replace('.', '/')}.py is not there")
+        return None
+    if importlib.util.find_spec(framework) is None:
+        print(f"\n[{part}] skipped: {framework} is not installed (pip install 'scalewatch[{extra}]')")
+        return None
+    return importlib.import_module(module)
+
+
+def _markdown(results: Dict[str, Any], tables: Dict[str, Callable[[Dict[str, Any]], str]]) -> str:
     out: List[str] = [f"Machine: {describe_machine(results['machine'])}.", ""]
-    if "overhead" in results:
-        r = results["overhead"]
-        out += ["**Overhead per optimizer step** (ratio to no monitoring; "
-                f"{r['config']['model']}; loggers {r['config']['loggers']})", "", bench_overhead.format_table(r), ""]
-    if "scaling" in results:
-        r = results["scaling"]
-        out += [f"**One check step vs K watched scales** (loggers: {r['config']['loggers']})", "",
-                bench_scaling.format_table(r), ""]
-    if "scaling_tb" in results:
-        r = results["scaling_tb"]
-        out += [f"**The same with a TensorBoardLogger** (loggers: {r['config']['loggers']})", "",
-                bench_scaling.format_table(r), ""]
-    if "memory" in results:
-        r = results["memory"]
-        out += [f"**Memory, {r['config']['steps']:,} steps at every_n_steps=1**", "", bench_memory.format_table(r), ""]
+    for key, heading in HEADINGS.items():
+        if key in results:
+            out += [heading(results[key]), "", tables[key](results[key]), ""]
     out += ["**Targets**", ""]
     for t in results["targets"]:
         out.append(f"- {t['what']}: {t['value']:.4g} (limit {t['limit']:g}) - {'met' if t['met'] else 'MISSED'}")
@@ -58,36 +81,52 @@ def main(argv=None) -> int:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--no-tensorboard-scaling", action="store_true",
                    help="skip the extra scaling run with a TensorBoardLogger")
+    p.add_argument("--baseline-ref", metavar="GIT_REF",
+                   help="also run the overhead benchmark's Lightning rows for the code at GIT_REF and for the working "
+                        "tree, alternating whole runs, and print them side by side (e.g. c093679)")
+    p.add_argument("--baseline-runs", type=int, default=3, help="runs per side for --baseline-ref")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet()
     started = time.perf_counter()
     results: Dict[str, Any] = {"machine": machine(), "started": timestamp(), "quick": args.quick}
+    tables: Dict[str, Callable[[Dict[str, Any]], str]] = {}
     print(f"scalewatch benchmarks on {describe_machine(results['machine'])}")
-    if "overhead" in args.only:
-        print("\n[overhead] interleaved A/B against no monitoring")
-        kw = dict(rounds=2, fit_rounds=1, fit_blocks=1) if args.quick else {}
-        results["overhead"] = bench_overhead.run(accelerator=args.accelerator, **kw)
-        print("\n" + bench_overhead.format_table(results["overhead"]))
-    if "scaling" in args.only:
-        print("\n[scaling] one check step vs K watched scales (CSVLogger)")
-        kw = dict(checks=3) if args.quick else {}
-        results["scaling"] = bench_scaling.run(loggers="csv", accelerator=args.accelerator, **kw)
-        print("\n" + bench_scaling.format_table(results["scaling"]))
-        if not args.no_tensorboard_scaling:
-            print("\n[scaling] the same with a TensorBoardLogger")
-            results["scaling_tb"] = bench_scaling.run(ks=(1, 100, 1000), loggers="tb", accelerator=args.accelerator,
-                                                      **kw)
-            print("\n" + bench_scaling.format_table(results["scaling_tb"]))
-    if "memory" in args.only:
-        print("\n[memory] ScaleMonitor(every_n_steps=1), RSS over a long run")
-        kw = dict(steps=4000, sample_every=500, warmup=1000, control_steps=2000) if args.quick else {}
-        results["memory"] = bench_memory.run(accelerator=args.accelerator, **kw)
-        print("\n" + bench_memory.format_table(results["memory"]))
 
-    results["targets"] = [results[k]["target"] for k in ("overhead", "scaling", "memory")
-                          if k in results and "target" in results[k]]
+    def part(key: str, module: ModuleType, what: str, **kw: Any) -> None:
+        print(f"\n[{key}] {what}")
+        results[key] = module.run(**kw)
+        tables[key] = module.format_table
+        print("\n" + module.format_table(results[key]))
+
+    quick = args.quick
+    if "overhead" in args.only:
+        part("overhead", bench_overhead, "interleaved A/B against no monitoring", accelerator=args.accelerator,
+             **(dict(rounds=2, fit_rounds=1, fit_blocks=1) if quick else {}))
+    if "plain_loop" in args.only:
+        part("plain_loop", bench_plain_loop, "ScaleWatcher in a plain PyTorch loop, interleaved A/B",
+             accelerator=args.accelerator, **(dict(rounds=2) if quick else {}))
+    for key in ("hf", "mmengine"):
+        module = optional_part(key) if key in args.only else None
+        if module is not None:
+            part(key, module, f"the {key} front door, interleaved A/B", **(dict(rounds=1) if quick else {}))
+    if args.baseline_ref:
+        part("compare_refs", compare_refs, f"Lightning rows: {args.baseline_ref} against the working tree",
+             ref=args.baseline_ref, threads=args.threads, accelerator=args.accelerator,
+             **(dict(runs=1, rounds=1) if quick else dict(runs=args.baseline_runs)))
+    if "scaling" in args.only:
+        kw = dict(checks=3) if quick else {}
+        part("scaling", bench_scaling, "one check step vs K watched scales (CSVLogger)", loggers="csv",
+             accelerator=args.accelerator, **kw)
+        if not args.no_tensorboard_scaling:
+            part("scaling_tb", bench_scaling, "the same with a TensorBoardLogger", ks=(1, 100, 1000), loggers="tb",
+                 accelerator=args.accelerator, **kw)
+    if "memory" in args.only:
+        part("memory", bench_memory, "ScaleMonitor(every_n_steps=1), RSS over a long run", accelerator=args.accelerator,
+             **(dict(steps=4000, sample_every=500, warmup=1000, control_steps=2000) if quick else {}))
+
+    results["targets"] = [results[k]["target"] for k in HEADINGS if k in results and "target" in results[k]]
     results["one_transfer_per_check"] = results.get("scaling", {}).get("one_transfer_per_check")
     results["wall_s"] = time.perf_counter() - started
     print("\ntargets:")
@@ -102,7 +141,7 @@ def main(argv=None) -> int:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "latest.md"), "w", encoding="utf-8") as f:
-        f.write(_markdown(results))
+        f.write(_markdown(results, tables))
     print(f"\nwrote {stem}.json and latest.json / latest.md in {args.out} ({results['wall_s']:.0f} s in all)")
     missed = [t for t in results["targets"] if not t["met"]]
     return 1 if args.strict and missed else 0
