@@ -209,6 +209,7 @@ class ScaleWatcher:
         self.is_global_zero = _default_is_global_zero() if is_global_zero is None else bool(is_global_zero)
         self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
         self.grad_scaler = grad_scaler
+        self._flagged_modules = list({id(s.module): s.module for s in self.scales if s.module is not None}.values())
         elements = sum(s.numel for s in self.scales if s.numel > 1)
         #: multi-element tensors logged as per-tensor summaries (beyond the element cap)
         self.summarised: List[str] = ([s.name for s in self.scales if s.numel > 1]
@@ -424,9 +425,11 @@ class ScaleWatcher:
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on
-        for s in self.scales:
-            if s.module is not None:
-                s.module.track_clamp_fraction = on
+        # Straight into each module's __dict__ (where BoundedScale keeps the flag): nn.Module's
+        # __setattr__ checks its parameter, buffer and module tables first, ~2 us a module, and
+        # this runs on the step before every check for every watched module.
+        for module in self._flagged_modules:
+            module.__dict__["track_clamp_fraction"] = on
 
     def _check_open(self, what: str) -> None:
         if self._closed:

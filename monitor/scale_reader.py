@@ -23,7 +23,11 @@ def _clamped_raw(s: WatchedScale) -> bool:
     instead of one clamp kernel per scale before it. Any other scale is asked for
     its own ``effective()``.
     """
-    return s.bound == "hard" and (s.module is None or type(s.module).scale is BoundedScale.scale)
+    known = s.__dict__.get("_host_clamp")
+    if known is None:  # fixed for the scale's life: worked out once, not at every check
+        known = s.__dict__["_host_clamp"] = s.bound == "hard" and (
+            s.module is None or type(s.module).scale is BoundedScale.scale)
+    return known
 
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +43,9 @@ def _to_host(tensors: Dict[torch.device, List[torch.Tensor]]) -> Tuple[np.ndarra
     """
     arrays, base, offset = [], {}, 0
     for device, parts in tensors.items():
-        array = _flatten_dense_tensors(parts).cpu().numpy()
+        # all single values (scalar scales): stack is the cheaper C++ gather of the two
+        joined = torch.stack(parts) if all(p.dim() == 0 for p in parts) else _flatten_dense_tensors(parts)
+        array = joined.cpu().numpy()
         arrays.append(array)
         base[device] = offset
         offset += array.size
