@@ -93,7 +93,8 @@ def test_plain_install_needs_no_trainer_and_each_framework_is_an_extra(wheel):
     def name(req: str) -> str:
         return re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].lower()
 
-    assert sorted(name(r) for r in requires if "extra ==" not in r) == ["matplotlib", "rich", "tensorboard", "torch"]
+    assert sorted(name(r) for r in requires if "extra ==" not in r) == ["crc32c", "matplotlib", "rich", "tensorboard",
+                                                                              "torch"]
     extras = {}
     for r in requires:
         if "extra ==" in r:
