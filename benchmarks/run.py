@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                 # what `make bench` runs (a few minutes)
     python -m benchmarks.run --quick         # seconds: checks the harness, numbers mean little
-    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, memory, hf, mmengine
+    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, per_head, memory, hf, mmengine
     python -m benchmarks.run --only overhead --baseline-ref c093679   # + the Lightning rows of an earlier commit
 
 Results go to ``benchmarks/results/`` (git-ignored): ``bench-<time>.json``, and
@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from benchmarks import bench_memory, bench_overhead, bench_plain_loop, bench_scaling, compare_refs
+from benchmarks import bench_memory, bench_overhead, bench_per_head, bench_plain_loop, bench_scaling, compare_refs
 from benchmarks.common import describe_machine, machine, quiet, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("overhead", "plain_loop", "scaling", "memory", "hf", "mmengine")
+PARTS = ("overhead", "plain_loop", "scaling", "per_head", "memory", "hf", "mmengine")
 #: parts written elsewhere, loaded only when asked for: part -> (module, framework it needs, extra that installs it)
 OPTIONAL_PARTS = {"hf": ("benchmarks.bench_hf", "transformers", "transformers"),
                   "mmengine": ("benchmarks.bench_mmengine", "mmengine", "mmengine")}
@@ -45,6 +45,7 @@ HEADINGS: Dict[str, Callable[[Dict[str, Any]], str]] = {
                                "monitoring, each side against its own baseline blocks)"),
     "scaling": lambda r: f"**One check step vs K watched scales** (loggers: {r['config']['loggers']})",
     "scaling_tb": lambda r: f"**The same with a TensorBoardLogger** (loggers: {r['config']['loggers']})",
+    "per_head": lambda r: "**One check step with per-head scales** (ScaleWatcher, SummaryWriter, a check every 100 ms)",
     "memory": lambda r: f"**Memory, {r['config']['steps']:,} steps at every_n_steps=1**",
 }
 
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
         if not args.no_tensorboard_scaling:
             part("scaling_tb", bench_scaling, "the same with a TensorBoardLogger", ks=(1, 100, 1000), loggers="tb",
                  accelerator=args.accelerator, **kw)
+    if "per_head" in args.only:
+        part("per_head", bench_per_head, "one check step with per-head scales", **(dict(checks=3) if quick else {}))
     if "memory" in args.only:
         part("memory", bench_memory, "ScaleMonitor(every_n_steps=1), RSS over a long run", accelerator=args.accelerator,
              **(dict(steps=4000, sample_every=500, warmup=1000, control_steps=2000) if quick else {}))
