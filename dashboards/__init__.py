@@ -9,7 +9,9 @@ from typing import Any
 _EXPORTS = {
     "PLOT_FILENAME": "scalewatch.dashboards.filenames",
     "ScaleSeries": "scalewatch.dashboards.series",
+    "TensorSeries": "scalewatch.dashboards.tensor_series",
     "collect_series": "scalewatch.dashboards.series",
+    "group_series": "scalewatch.dashboards.tensor_series",
     "margin_layout": "scalewatch.dashboards.tensorboard_layout",
     "plot_history": "scalewatch.dashboards.plot",
     "save_plot": "scalewatch.dashboards.plot",

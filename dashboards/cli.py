@@ -87,10 +87,11 @@ def _short(path: str, parts: int = 3) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print per scale the last/min/max values, readings near a bound, and the alerts."""
-    from scalewatch.dashboards.report import report_json, report_text, source_json, summarize
+    from scalewatch.dashboards.report import report_json, report_text, source_json, summarize, summarize_history
 
     src = _source(args)
-    summaries = summarize(src.records())
+    # a history file through the column reader: a per-head run's millions of lines in seconds
+    summaries = summarize_history(src.path, src.problems) if src.kind == HISTORY else summarize(src.records())
     if not summaries:
         _warn_problems(src)
         raise SourceError(f"{src.path}: no readings in it yet")

@@ -18,10 +18,12 @@ from multiprocessing import get_context
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scalewatch.dashboards.history_columns import read_series
-from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, bounds_cell, fmt_number, js_number,
-                                          near_bound_cell, source_json, table_lines)
-from scalewatch.dashboards.series import ScaleSeries, collect_series
+from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, TensorReport, bounds_cell, fmt_number,
+                                          group_summaries, js_number, near_bound_cell, shown_cell, source_json,
+                                          table_lines)
+from scalewatch.dashboards.series import ScaleSeries, closeness, collect_series
 from scalewatch.dashboards.sources import CSV, HISTORY, TENSORBOARD, Source, SourceError, find_source
+from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history import ReadProblems
 
 DEFAULT_METRIC = "val/loss"
@@ -60,9 +62,16 @@ class ComparedRun:
     series: Dict[str, ScaleSeries]
     metric: Optional[MetricValue] = None
     summaries: Dict[str, ScaleSummary] = field(init=False)
+    #: per tensor (a single-value scale: itself), in the order they first appear
+    tensors: Dict[str, TensorReport] = field(init=False)
 
     def __post_init__(self) -> None:
         self.summaries = {name: ScaleSummary.of(s) for name, s in self.series.items()}
+        self.tensors = {t.name: t for t in group_summaries(self.summaries.values())}
+
+    def tensor_series(self, name: str) -> List[ScaleSeries]:
+        """The series of tensor ``name``'s elements (one for a single-value scale), by index."""
+        return [self.series[e.name] for e in self.tensors[name].elements]
 
     @property
     def directory(self) -> str:
@@ -81,26 +90,28 @@ class Comparison:
 
     @property
     def shared(self) -> List[str]:
-        """Scale names every run has, most at risk first (alerted, then closest to a bound)."""
-        names = [n for n in self.runs[0].series if all(n in r.series for r in self.runs[1:])]
-        return sorted(names, key=lambda n: (min(_risk(r.summaries[n]) for r in self.runs), n))
+        """Scale (tensor) names every run has, most at risk first (alerted, then closest to a bound)."""
+        names = [n for n in self.runs[0].tensors if all(n in r.tensors for r in self.runs[1:])]
+        return sorted(names, key=lambda n: (min(_risk(e) for r in self.runs for e in r.tensors[n].elements), n))
 
     @property
     def unshared(self) -> Dict[str, List[str]]:
-        """Scale names only some runs have, with the labels of those runs."""
+        """Scale (tensor) names only some runs have, with the labels of those runs."""
         out: Dict[str, List[str]] = {}
         for run in self.runs:
-            for name in run.series:
+            for name in run.tensors:
                 out.setdefault(name, []).append(run.label)
         return {n: labels for n, labels in out.items() if len(labels) < len(self.runs)}
 
 
 def _risk(s: ScaleSummary) -> Tuple[int, float]:
-    """Sort key: alerted scales first, then by how close the scale came to a bound (0 = at it)."""
-    span = s.max - s.min
-    if not (s.alerts or s.non_finite) and all(math.isfinite(v) for v in (s.scale_min, s.scale_max, span)) and span > 0:
-        return 1, max(0.0, min(s.scale_min - s.min, s.max - s.scale_max) / span)
-    return 0, 0.0
+    """Sort key: alerted scales first, then by how close the scale came to a bound (0 = at it).
+
+    A one-sided scale's distance is taken from the bound it has (see :func:`closeness`).
+    """
+    if s.alerts or s.non_finite or not (math.isfinite(s.scale_min) and math.isfinite(s.scale_max)):
+        return 0, 0.0
+    return 1, min(closeness(s.scale_min, s.min, s.max), closeness(s.scale_max, s.min, s.max))
 
 
 # ---- reading the runs --------------------------------------------------------------------
@@ -327,23 +338,30 @@ def comparison_json(c: Comparison) -> Dict[str, Any]:
         "runs": [{"label": r.label, "path": r.arg, "source": source_json(r.source),
                   "metric": r.metric.to_json() if r.metric else None,
                   "readings": sum(s.readings for s in r.summaries.values()),
-                  "scales": [s.to_json() for s in r.summaries.values()]} for r in c.runs],
+                  "scales": [t.to_json() for t in r.tensors.values()]} for r in c.runs],
         "shared_scales": c.shared,
         "unshared_scales": [{"name": n, "runs": labels} for n, labels in c.unshared.items()],
         "skipped": [{"path": arg, "error": why} for arg, why in c.skipped],
     }
 
 
-def _alerts_cell(s: ScaleSummary) -> str:
-    if not s.alerts:
+def _alerts_cell(t: TensorReport) -> str:
+    """``kind@step`` per alert (an element's: ``kind@step[i]``), the first few, then ``+N more``."""
+    alerts = sorted((st, k, e.index) for e in t.elements for st, k, _ in e.alerts)
+    if not alerts:
         return "-"
-    shown = [f"{kind}@{step}" for step, kind, _ in s.alerts[:ALERTS_IN_CELL]]
-    more = len(s.alerts) - ALERTS_IN_CELL
+    shown = [f"{kind}@{step}" + ("" if index is None else f"[{index}]")
+             for step, kind, index in alerts[:ALERTS_IN_CELL]]
+    more = len(alerts) - ALERTS_IN_CELL
     return " ".join(shown) + (f" +{more} more" if more > 0 else "")
 
 
 def comparison_text(c: Comparison) -> str:
-    """Plain text: the runs and their sources, then one table per scale with a row per run."""
+    """Plain text: the runs and their sources, then one table per scale with a row per run.
+
+    A per-head tensor's row gives ranges across its elements (``last`` as
+    ``low..high``) and names the alerted elements by index in the alerts cell.
+    """
     lines = [f"scalewatch compare: {len(c.runs)} run(s), {len(c.shared)} scale(s) in every run", ""]
     width = max(len(r.label) for r in c.runs)
     for r in c.runs:
@@ -353,16 +371,22 @@ def comparison_text(c: Comparison) -> str:
     unshared = c.unshared
     for name in c.shared + list(unshared):
         rows = [("run", "bounds", "readings", "last", "min", "max", "near bound", "alerts", c.metric)]
+        heads = ""
         for r in c.runs:
-            s = r.summaries.get(name)
-            if s is None:
+            t = r.tensors.get(name)
+            if t is None:
                 continue
-            rows.append((r.label, bounds_cell(s), str(s.readings), fmt_number(s.last_scale), fmt_number(s.scale_min),
-                         fmt_number(s.scale_max), near_bound_cell(s), _alerts_cell(s),
+            lo, hi = t.last_range()
+            last = shown_cell(t, lo) if lo == hi or t.single else f"{shown_cell(t, lo)}..{shown_cell(t, hi)}"
+            heads = heads or ("" if t.single else f"   ({len(t.elements)} elements)")
+            rows.append((r.label, bounds_cell(t), str(t.readings), last, shown_cell(t, t.scale_min),
+                         shown_cell(t, t.scale_max), near_bound_cell(t), _alerts_cell(t),
                          fmt_number(r.metric.value) if r.metric else "-"))
         note = "" if name not in unshared else f"   (only in {', '.join(unshared[name])})"
-        lines += ["", name + note] + table_lines(rows, left=(0, 7))
-    lines += ["", NEAR_BOUND_NOTE, "alerts: kind@step"]
+        lines += ["", name + heads + note] + table_lines(rows, left=(0, 7))
+    lines += ["", NEAR_BOUND_NOTE, "alerts: kind@step ([i]: the element of a per-head scale)"]
+    for display in sorted({t.display for r in c.runs for t in r.tensors.values()} - {IDENTITY}):
+        lines.append(f"({display}): bounds, last, min and max shown as {display}(value)")
     if any(r.metric is None for r in c.runs):
         lines.append(f"{c.metric}: '-' where the run's metrics.csv / TensorBoard events have no {c.metric}")
     return "\n".join(lines)

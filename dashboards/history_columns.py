@@ -9,23 +9,34 @@ with one C-level scan each, parses each column with numpy, and reads only the
 few lines that carry alerts as JSON. When the file is not of that plain shape
 (a garbled line, a blank line, a field missing from some lines, a name with
 escapes), it reads the file record by record instead: same result, slower.
+
+The file is read a block of lines at a time (64 MB), so memory holds one block
+and the columns, not the file. Per-head histories (16k element readings a check)
+are the large case: there the names repeat in the same order every check, which
+is recognised instead of looked up line by line; each scale's tensor, index and
+display come from its last line.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from operator import itemgetter
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION, ScaleSeries, collect_series
+from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history import ReadProblems, iter_history, parse_record
 
 _NUMBER = rb"(-?(?:[0-9][0-9.eE+-]*|Infinity)|NaN|null)"
 _STEP = re.compile(rb'"step": (-?[0-9]+)[,}]')
 _NAME = re.compile(rb'"name": "([^"\\\n]*)"')
 _BOUND = re.compile(rb'"bound": "([a-z]+)"')
-_ALERTED = re.compile(rb'"alerts": \[[^\]]')
+#: how a line with alerts reads (json.dumps of a non-empty list of kinds); found with bytes.find, a fast search
+_ALERTED = b'"alerts": ["'
+_LEADING = re.compile(rb'\{"step": (-?[0-9]+), "name": "([^"\\\n]*)", "scale": ' + _NUMBER + rb"[,}]")
 _FIELDS = {key: re.compile(b'"' + key.encode() + b'": ' + _NUMBER + rb"[,}]")
            for key in ("scale", "raw", "grad", "min", "max", "warn_fraction")}
 
@@ -47,76 +58,258 @@ def read_series(path: str, problems: Optional[ReadProblems] = None, gradient: bo
     Raises:
         OSError: the file cannot be read.
     """
-    problems = problems if problems is not None else ReadProblems()
-    with open(path, "rb") as f:
-        data = f.read()
-    cut = data.rfind(b"\n") + 1
-    body, tail = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-    torn = False
-    if tail.strip():
-        if parse_record(tail.decode("utf-8", errors="replace")) is not None:
-            return _record_by_record(path, problems)  # a whole last line without its newline: rare
-        torn = True  # a run killed mid-write
-    try:
-        series = _plain(body, gradient)
-    except _NotPlain:
-        return _record_by_record(path, problems)
-    problems.torn_last_line = problems.torn_last_line or torn
-    return series
+    return HistoryColumns(path, problems, gradient).series
+
+
+#: bytes read and scanned at a time: memory holds one block and the columns, however long the file
+BLOCK_BYTES = 1 << 26
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Where a block of whole lines lies in the file, and which lines it holds."""
+
+    offset: int
+    size: int
+    first_line: int
+    lines: int
+
+
+class HistoryColumns:
+    """A history file read into series a block at a time; gradients of a few series filled in afterwards.
+
+    Reading without gradients and then :meth:`fill_gradient` for the scales to be
+    drawn saves two column scans of the whole file: with a thousand per-head
+    tensors, the plot draws six of them. Only the blocks that hold their lines are
+    read again.
+
+    Args:
+        path, problems, gradient: as for :func:`read_series`.
+
+    Example::
+
+        columns = HistoryColumns(path, gradient=False)
+        drawn = pick_some(columns.series)
+        columns.fill_gradient(drawn)   # raw and grad of these, from the blocks that hold them
+    """
+
+    def __init__(self, path: str, problems: Optional[ReadProblems] = None, gradient: bool = True,
+                 block_bytes: int = BLOCK_BYTES) -> None:
+        self.path = path
+        self.problems = problems if problems is not None else ReadProblems()
+        self._block_bytes = block_bytes
+        self._blocks: List[_Block] = []
+        self._picks: Dict[str, np.ndarray] = {}
+        self.series = self._read(gradient)
+
+    def _read(self, gradient: bool) -> Dict[str, ScaleSeries]:
+        index: Dict[str, int] = {}
+        parts: List[Dict[str, Any]] = []
+        try:
+            with open(self.path, "rb") as f:
+                line = 0
+                for offset, body in self._scan(f):
+                    part = _block_columns(body, gradient, index)
+                    parts.append(part)
+                    # a plain block holds one record a line
+                    self._blocks.append(_Block(offset, len(body), line, part["n"]))
+                    line += part["n"]
+                tail = f.read()
+        except _NotPlain:
+            return self._record_by_record()
+        torn = False
+        if tail.strip():
+            if parse_record(tail.decode("utf-8", errors="replace")) is not None:
+                return self._record_by_record()  # a whole last line without its newline: rare
+            torn = True  # a run killed mid-write
+        try:
+            series = self._assemble(parts, list(index), gradient) if parts else {}
+        except _NotPlain:  # the file changed under us (a resume cut it back): read it as it is now
+            return self._record_by_record()
+        self.problems.torn_last_line = self.problems.torn_last_line or torn
+        return series
+
+    def _record_by_record(self) -> Dict[str, ScaleSeries]:
+        self._blocks, self._picks = [], {}
+        return _record_by_record(self.path, self.problems)
+
+    def _scan(self, f: Any) -> Iterator[Tuple[int, bytes]]:
+        """Blocks of whole lines and their offsets; the file is left at the part after the last newline."""
+        offset = 0
+        while True:
+            data = f.read(self._block_bytes)
+            if not data:
+                f.seek(offset)
+                return
+            if not data.endswith(b"\n"):
+                data += f.readline()  # up to the end of the line the block cut (or of the file)
+            if not data.endswith(b"\n"):  # the file ends without a newline: that part is the tail
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    yield offset, data[:cut]
+                f.seek(offset + cut)
+                return
+            yield offset, data
+            offset += len(data)
+
+    def _assemble(self, parts: List[Dict[str, Any]], names: List[str], gradient: bool) -> Dict[str, ScaleSeries]:
+        keys = ("steps", "scale") + (("raw", "grad") if gradient else ())
+        columns = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+        ids = np.concatenate([p["ids"] for p in parts])
+        bounds = {k: _merged([(p["n"], p["bounds"][k]) for p in parts])
+                  for k in ("min", "max", "warn_fraction", "bound")}
+        alerts: Dict[str, List[Tuple[int, str, float]]] = {}
+        for p in parts:
+            for name, found in p["alerts"].items():
+                alerts.setdefault(name, []).extend(found)
+        if len(names) == 1:
+            picks: List[Any] = [np.arange(len(ids))]
+        else:
+            order = np.argsort(ids, kind="stable")
+            ends = np.cumsum(np.bincount(ids, minlength=len(names)))
+            picks = np.split(order, ends[:-1])
+        lasts = self._records([int(p[-1]) for p in picks])
+        out: Dict[str, ScaleSeries] = {}
+        for name, pick, last in zip(names, picks, lasts):
+            cols = {k: np.ascontiguousarray(v[pick]) for k, v in columns.items()}
+            mine = {k: v[pick] if isinstance(v, np.ndarray) else v for k, v in bounds.items()}
+            latest = {k: v[-1] if isinstance(v, np.ndarray) else v for k, v in mine.items()}
+            s = ScaleSeries(name=name, min=float(latest["min"]), max=float(latest["max"]),
+                            warn_fraction=float(latest["warn_fraction"]), bound=str(latest["bound"]),
+                            tensor=last.get("tensor"), index=last.get("index"),
+                            display=last.get("display") or IDENTITY, alerts=alerts.get(name, []),
+                            bound_changes=_changes(mine["min"], mine["max"], mine["warn_fraction"]), **cols)
+            s.last_raw, s.last_grad = (_float(last.get(k)) for k in ("raw", "grad"))
+            out[name] = s
+        self._picks = dict(zip(names, picks))
+        return out
+
+    def _lines(self, lines: np.ndarray) -> Iterator[Tuple[slice, bytes, np.ndarray, _Block]]:
+        """Per block holding some of the (sorted) file line numbers ``lines``: which of them (a slice of
+        ``lines``), the block's text, those lines' numbers within it, and the block."""
+        with open(self.path, "rb") as f:
+            for block in self._blocks:
+                lo, hi = np.searchsorted(lines, [block.first_line, block.first_line + block.lines])
+                if lo == hi:
+                    continue
+                f.seek(block.offset)
+                body = f.read(block.size)
+                if len(body) != block.size or body.count(b"\n") != block.lines:
+                    raise _NotPlain  # replaced since it was read
+                yield slice(int(lo), int(hi)), body, lines[lo:hi] - block.first_line, block
+
+    def _records(self, lines: List[int]) -> List[Dict[str, Any]]:
+        """The records on the given file line numbers, as JSON, in that order."""
+        wanted = np.asarray(lines, dtype=np.intp)
+        order = np.argsort(wanted, kind="stable")
+        found: List[Dict[str, Any]] = [{}] * len(lines)
+        for where, body, local, _ in self._lines(wanted[order]):
+            for i, text in zip(order[where].tolist(), _line_texts(body, local)):
+                found[i] = _json_fields(text)
+        return found
+
+    def fill_gradient(self, chosen: Iterable[ScaleSeries]) -> None:
+        """Read ``raw`` and ``grad`` of every reading of the ``chosen`` series (no-op where they have them).
+
+        Only the blocks holding their lines are read again, and in each only those
+        lines are scanned when they are a small part of it.
+        """
+        todo = [s for s in chosen if not s.has_gradient and s.name in self._picks]
+        if not todo:
+            return
+        per_series = [self._picks[s.name] for s in todo]
+        lines = np.concatenate(per_series)
+        order = np.argsort(lines, kind="stable")
+        raw, grad = np.empty(len(lines)), np.empty(len(lines))
+        try:
+            for where, body, local, block in self._lines(lines[order]):
+                if len(local) > block.lines // 4:
+                    cols = [_numbers(_FIELDS[k].findall(body), block.lines)[local] for k in ("raw", "grad")]
+                else:
+                    text = b"".join(_line_texts(body, local))
+                    cols = [_numbers(_FIELDS[k].findall(text), len(local)) for k in ("raw", "grad")]
+                raw[order[where]], grad[order[where]] = cols
+        except _NotPlain:  # some line lacks a raw or grad field: read those scales record by record
+            full = collect_series(iter_history(self.path), {s.name for s in todo})
+            for s in todo:
+                s.raw, s.grad = (np.asarray(getattr(full[s.name], k), dtype=np.float64) for k in ("raw", "grad"))
+            return
+        cuts = np.cumsum([len(p) for p in per_series])[:-1]
+        for s, r, g in zip(todo, np.split(raw, cuts), np.split(grad, cuts)):
+            s.raw, s.grad = r, g
+
+
+def _line_texts(body: bytes, local: np.ndarray) -> List[bytes]:
+    """The lines of ``body`` at the given line numbers (each with its newline)."""
+    ends = _line_ends(body)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    return [body[a:b] for a, b in zip(starts[local].tolist(), (ends[local] + 1).tolist())]
 
 
 def _record_by_record(path: str, problems: ReadProblems) -> Dict[str, ScaleSeries]:
     return collect_series(iter_history(path, problems))
 
 
-def _plain(body: bytes, gradient: bool) -> Dict[str, ScaleSeries]:
-    if not body:
-        return {}
+def _block_columns(body: bytes, gradient: bool, index: Dict[str, int]) -> Dict[str, Any]:
+    """One block's columns; scale names are numbered in ``index``, shared by all blocks (first seen first)."""
     if not (body.startswith(b'{"') and body.endswith(b"}\n")):
         raise _NotPlain
-    # Lines that are one JSON object each join as `}\n{"`. Any other line (blank, garbled)
-    # breaks two joins, so some field then has more or fewer values than this count.
-    n = body.count(b'}\n{"') + 1
-    steps = _numbers(_STEP.findall(body), n)
-    scale = _numbers(_FIELDS["scale"].findall(body), n)
-    names, ids = _name_ids(body, n)
-    order = np.argsort(ids, kind="stable") if len(names) > 1 else None
-    columns = {"steps": steps, "scale": scale}
+    n, steps, scale, names, local_ids = _leading_columns(body)
+    to_global = np.array([index.setdefault(name, len(index)) for name in names], dtype=np.intp)
+    out = {"n": n, "steps": steps, "scale": scale, "ids": to_global[local_ids], "bounds": _bounds(body, n),
+           "alerts": _alerts(body)}
     if gradient:
-        columns.update(raw=_numbers(_FIELDS["raw"].findall(body), n), grad=_numbers(_FIELDS["grad"].findall(body), n))
-    bounds = _bounds(body, n)
-    alerts = _alerts(body)
-    if order is None:
-        picks: List[Any] = [slice(None)]
-    else:
-        ends = np.cumsum(np.bincount(ids, minlength=len(names)))
-        picks = np.split(order, ends[:-1])
-    lasts = None if gradient else _last_records(body, None if order is None else [int(p[-1]) for p in picks])
-    out: Dict[str, ScaleSeries] = {}
-    for j, (name, pick) in enumerate(zip(names, picks)):
-        cols = {k: np.ascontiguousarray(v[pick]) for k, v in columns.items()}
-        mine = {k: v[pick] if isinstance(v, np.ndarray) else v for k, v in bounds.items()}
-        latest = {k: v[-1] if isinstance(v, np.ndarray) else v for k, v in mine.items()}
-        s = ScaleSeries(name=name, min=float(latest["min"]), max=float(latest["max"]),
-                        warn_fraction=float(latest["warn_fraction"]), bound=str(latest["bound"]),
-                        alerts=alerts.get(name, []),
-                        bound_changes=_changes(mine["min"], mine["max"], mine["warn_fraction"]), **cols)
-        last = {"raw": cols["raw"][-1], "grad": cols["grad"][-1]} if lasts is None else lasts[j]
-        s.last_raw, s.last_grad = (_float(last.get(k)) for k in ("raw", "grad"))
-        out[name] = s
+        out.update(raw=_numbers(_FIELDS["raw"].findall(body), n), grad=_numbers(_FIELDS["grad"].findall(body), n))
     return out
 
 
-def _numbers(values: List[bytes], n: int) -> np.ndarray:
-    """A column of JSON numbers (``NaN``/``Infinity`` tokens and ``null`` included) as float64."""
+def _merged(parts: List[Tuple[int, Any]]) -> Any:
+    """Blocks' values of one bound field (one value or a column each) as one value, or one column."""
+    first = parts[0][1]
+    if all(not isinstance(v, np.ndarray) and (v == first or v != v and first != first) for _, v in parts):
+        return first
+    kind = object if isinstance(first, str) or getattr(first, "dtype", None) == object else np.float64
+    return np.concatenate([v if isinstance(v, np.ndarray) else np.full(n, v, dtype=kind) for n, v in parts])
+
+
+def _numbers(values: List[bytes], n: int, parse: Callable[[bytes], Any] = float) -> np.ndarray:
+    """A column of JSON numbers (``NaN``/``Infinity`` tokens and ``null`` included) as float64.
+
+    ``parse=int`` for a column of integers (steps): faster than ``float``.
+    """
     if len(values) != n:
         raise _NotPlain  # a line without the field, or with it twice
     if b"null" in values:
         values = [b"NaN" if v == b"null" else v for v in values]
     try:
-        return np.array(values).astype(np.float64)
+        # float() takes the JSON tokens as they are (NaN, Infinity); a third faster than astype
+        return np.fromiter(map(parse, values), dtype=np.float64, count=n)
     except ValueError:
         raise _NotPlain from None
+
+
+def _leading_columns(body: bytes) -> Tuple[int, np.ndarray, np.ndarray, List[str], np.ndarray]:
+    """The number of lines, steps, scale values, the names in first-seen order and each line's index into them.
+
+    Lines written by the library start with ``step``, ``name``, ``scale`` in that
+    order: one scan takes all three (a third faster than a scan each), and every
+    line must give one match (a quote inside a name is escaped, so a match cannot
+    start inside one). Other layouts are read a field at a time.
+    """
+    n = body.count(b"\n")
+    rows = _LEADING.findall(body)
+    if len(rows) == n:
+        steps = _numbers(list(map(itemgetter(0), rows)), n, int)
+        scale = _numbers(list(map(itemgetter(2), rows)), n)
+        names, ids = _ids(list(map(itemgetter(1), rows)))
+        return (n, steps, scale, names, ids)
+    del rows
+    # Lines that are one JSON object each join as `}\n{"`. Any other line (blank, garbled)
+    # breaks two joins, so some field then has more or fewer values than this count.
+    n = body.count(b'}\n{"') + 1
+    steps = _numbers(_STEP.findall(body), n, int)
+    scale = _numbers(_FIELDS["scale"].findall(body), n)
+    return (n, steps, scale) + _name_ids(body, n)
 
 
 def _name_ids(body: bytes, n: int) -> Tuple[List[str], np.ndarray]:
@@ -124,32 +317,68 @@ def _name_ids(body: bytes, n: int) -> Tuple[List[str], np.ndarray]:
     first = _NAME.search(body)
     if first is None:
         raise _NotPlain
-    if body.count(first.group(0)) == n:  # one scale: no need to read every name
+    second = _NAME.search(body, first.end())
+    if (second is None or second.group(0) == first.group(0)) and body.count(first.group(0)) == n:
+        # one scale: no need to read every name
         return [first.group(1).decode()], np.zeros(n, dtype=np.intp)
     found = _NAME.findall(body)
     if len(found) != n:
         raise _NotPlain
+    return _ids(found)
+
+
+def _ids(found: List[bytes]) -> Tuple[List[str], np.ndarray]:
+    """The distinct names of ``found`` in first-seen order, and each one's index into them."""
+    n = len(found)
+    period = _period(found)
+    if period:  # every check reads the same scales in the same order (the usual case)
+        return [v.decode() for v in found[:period]], np.arange(n, dtype=np.intp) % period
     index: Dict[bytes, int] = {}
     ids = np.fromiter((index.setdefault(v, len(index)) for v in found), dtype=np.intp, count=n)
     return [v.decode() for v in index], ids
+
+
+def _period(found: List[bytes]) -> int:
+    """K when ``found`` is its first K (distinct) names over and over (the last time perhaps cut short), else 0.
+
+    A block of lines may start and end anywhere in a check: what repeats is the
+    order of the names, from wherever the block starts.
+    """
+    try:
+        k = found.index(found[0], 1)
+    except ValueError:
+        return 0
+    if len(set(found[:k])) != k:
+        return 0
+    # one list comparison, element by element in C: a fraction of a dict lookup per line
+    return k if found[k:] == found[:-k] else 0
 
 
 def _bounds(body: bytes, n: int) -> Dict[str, Any]:
     """``min``, ``max``, ``warn_fraction`` and ``bound``, each one value (the usual case) or a column.
 
     When the first line's text from ``"min"`` to the end of ``"warn_fraction"`` is
-    on every line, all four are the same everywhere: one count tells.
+    on every line, all four are the same everywhere: one count tells. Element
+    lines (``"tensor"``, ``"index"`` in between) are told by two counts: the text
+    from ``"min"`` to the bound kind, and the ``"warn_fraction"`` field.
     """
     first = body[:body.find(b"\n")]
     at = {key: _FIELDS[key].search(first) for key in ("min", "warn_fraction")}
     if at["min"] and at["warn_fraction"] and at["min"].start() < at["warn_fraction"].start():
+        fields = _json_fields(first)
+        kind = fields.get("bound") or "hard"
+        w = fields.get("warn_fraction") or DEFAULT_WARN_FRACTION
+        same = {"min": _float(fields["min"]), "max": _float(fields["max"]), "warn_fraction": float(w), "bound": kind}
         span = first[at["min"].start():at["warn_fraction"].end()]
-        if span.count(b'"max": ') == 1 and span.count(b'"bound": ') == 1 and body.count(span) == n:
-            fields = _json_fields(first)
-            kind = fields.get("bound") or "hard"
-            w = fields.get("warn_fraction") or DEFAULT_WARN_FRACTION
-            return {"min": _float(fields["min"]), "max": _float(fields["max"]), "warn_fraction": float(w),
-                    "bound": kind}
+        # element lines differ in "tensor"/"index", inside this span: no need to count it
+        if "tensor" not in fields and span.count(b'"max": ') == 1 and span.count(b'"bound": ') == 1 \
+                and body.count(span) == n:
+            return same
+        kind_at = _BOUND.search(first)
+        if "tensor" in fields and kind_at is not None and at["min"].start() < kind_at.start():
+            head = first[at["min"].start():kind_at.end()]
+            if head.count(b'"max": ') == 1 and body.count(head) == n:
+                return dict(same, warn_fraction=_constant_or_column(body, "warn_fraction", n))
     out = {key: _constant_or_column(body, key, n) for key in ("min", "max", "warn_fraction")}
     out["bound"] = _bound_kinds(body, n)
     return out
@@ -208,18 +437,19 @@ def _changes(lo: Any, hi: Any, w: Any) -> List[Tuple[int, float, float, float]]:
 def _alerts(body: bytes) -> Dict[str, List[Tuple[int, str, float]]]:
     """The alerts, from the few lines that carry any (read as JSON)."""
     out: Dict[str, List[Tuple[int, str, float]]] = {}
-    for hit in _ALERTED.finditer(body):
-        start = body.rfind(b"\n", 0, hit.start()) + 1
-        record = _json_fields(body[start:body.find(b"\n", hit.start())])
+    hit = body.find(_ALERTED)
+    while hit >= 0:
+        start = body.rfind(b"\n", 0, hit) + 1
+        end = body.find(b"\n", hit)
+        record = _json_fields(body[start:end])
+        hit = body.find(_ALERTED, end)
         scale = _float(record.get("scale"))
         out.setdefault(record["name"], []).extend((int(record["step"]), kind, scale) for kind in record["alerts"])
     return out
 
 
-def _last_records(body: bytes, lines: Optional[List[int]]) -> List[Dict[str, Any]]:
-    """The records on the given line numbers (each scale's last; ``None``: the file's last line), as JSON."""
-    if lines is None:
-        return [_json_fields(body[body.rfind(b"\n", 0, len(body) - 1) + 1:-1])]
-    ends = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == 10)  # a plain file: one newline a line
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    return [_json_fields(body[starts[i]:ends[i]]) for i in lines]
+def _line_ends(body: bytes, chunk: int = 1 << 26) -> np.ndarray:
+    """The offsets of every newline, found a chunk at a time (a byte mask of the whole file would double it)."""
+    view = np.frombuffer(body, dtype=np.uint8)
+    parts = [np.flatnonzero(view[i:i + chunk] == 10) + i for i in range(0, len(view), chunk)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)

@@ -3,6 +3,14 @@
 The numbers come from per-scale series (:class:`ScaleSeries`) with numpy, a
 block of readings at a time, so a history of any length fits in memory; the
 result prints as a plain-text table or as JSON.
+
+Per-head scales are reported per tensor (:class:`TensorReport`): one row with the
+element count, the last values' range across elements, readings near a bound and
+elements pinned now, then one row per element that alerted. A scale watched with
+``display="exp"`` shows its scale and bounds as exp(value); ``last raw`` and
+``last grad`` stay in raw (optimizer) units. In JSON every object whose numbers
+are shown that way says ``"display": "exp"`` and carries ``raw_units``: the same
+keys in raw units.
 """
 from __future__ import annotations
 
@@ -13,9 +21,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries
+from scalewatch.dashboards.element_groups import ElementGroup, grouped
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound
 from scalewatch.dashboards.sources import HISTORY, Source
-from scalewatch.monitor.saturation import lower_warning, upper_warning
+from scalewatch.monitor.display import IDENTITY
+from scalewatch.monitor.history import ReadProblems
+from scalewatch.monitor.reading import Reading
+from scalewatch.monitor.saturation import is_pinned, lower_warning, upper_warning
 
 #: readings per block when summarising a stream of records
 BLOCK = 65536
@@ -59,6 +71,7 @@ class ScaleSummary(ScaleBounds):
         if n == 0:
             return
         self.min, self.max, self.warn_fraction, self.bound = s.min, s.max, s.warn_fraction, s.bound
+        self.tensor, self.index, self.display = s.tensor, s.index, s.display
         steps = np.asarray(s.steps, dtype=np.float64)
         scale = np.asarray(s.scale, dtype=np.float64)
         self.readings += n
@@ -74,17 +87,30 @@ class ScaleSummary(ScaleBounds):
         judged = np.where(finite, scale, np.nan)  # non-finite readings count as such, never as near a bound
         for start, end, lo_b, hi_b, w in s.bound_spans():
             part = judged[start:end]
-            self.near_upper += int(np.count_nonzero(part > upper_warning(hi_b, w)))
-            self.near_lower += int(np.count_nonzero(part < lower_warning(lo_b, hi_b, w)))
+            up, down = upper_warning(as_bound(hi_b), w), lower_warning(as_bound(lo_b), as_bound(hi_b), w)
+            # a one-sided scale has no warning line on its missing side: nothing counts there
+            self.near_upper += 0 if up is None else int(np.count_nonzero(part > up))
+            self.near_lower += 0 if down is None else int(np.count_nonzero(part < down))
         self.alerts.extend(s.alerts)
 
     @property
     def near_bound(self) -> int:
         return self.near_upper + self.near_lower
 
+    @property
+    def pinned_now(self) -> bool:
+        """Whether the last reading meets the ``pinned`` rule (before ``patience``): at a hard bound, stuck."""
+        grad = None if math.isnan(self.last_grad) else self.last_grad
+        return is_pinned(Reading(step=self.last_step or 0, name=self.name, scale=self.last_scale, raw=self.last_raw,
+                                 grad=grad, min=as_bound(self.min), max=as_bound(self.max), bound=self.bound))
+
     def to_json(self) -> Dict[str, Any]:
-        """A JSON-ready dict; non-finite numbers become ``null``."""
-        return {
+        """A JSON-ready dict; non-finite numbers become ``null`` (so does a missing bound).
+
+        With a display transform the scale values and bounds are shown values and
+        ``raw_units`` holds them in raw units (see :func:`shown_json`).
+        """
+        out = {
             "name": self.name, "min": js_number(self.min), "max": js_number(self.max), "bound": self.bound,
             "warn_fraction": js_number(self.warn_fraction), "upper_warning": js_number(self.upper_warning),
             "lower_warning": js_number(self.lower_warning), "readings": self.readings,
@@ -96,11 +122,43 @@ class ScaleSummary(ScaleBounds):
             "non_finite_readings": self.non_finite,
             "alerts": [{"step": s, "kind": k, "scale": js_number(v)} for s, k, v in self.alerts],
         }
+        if self.index is not None:
+            out.update(tensor=self.tensor, index=self.index, pinned_now=self.pinned_now)
+        return shown_json(out, self.display)
 
 
 def js_number(value: float) -> Optional[float]:
     """A number for JSON: non-finite ones as ``None`` (``null``)."""
     return value if math.isfinite(value) else None
+
+
+#: the keys of a report object whose values a display transform shows (``last``: its scale keys)
+SHOWN_KEYS = ("min", "max", "upper_warning", "lower_warning", "scale_min", "scale_max")
+SHOWN_LAST_KEYS = ("scale", "scale_min", "scale_max")
+
+
+def shown_json(out: Dict[str, Any], display: str) -> Dict[str, Any]:
+    """``out`` (raw units) with its scale values and bounds in display units, for ``display`` other than identity.
+
+    Adds ``"display"`` and ``"raw_units"``: ``{key: raw value}`` for every key
+    turned (:data:`SHOWN_KEYS`; ``last`` as ``{"scale": ...}``); each alert's
+    ``scale`` is turned too and keeps its raw value in its own ``raw_units``.
+    ``raw`` and ``grad`` are never turned. An identity display returns ``out`` as is.
+    """
+    if display == IDENTITY:
+        return out
+    b = ScaleBounds(name="", display=display)
+
+    def turn(value: Optional[float]) -> Optional[float]:
+        return None if value is None else js_number(b.shown(value))
+
+    raw_units: Dict[str, Any] = {k: out[k] for k in SHOWN_KEYS if k in out}
+    raw_units["last"] = {k: out["last"][k] for k in SHOWN_LAST_KEYS if k in out["last"]}
+    shown = dict(out, display=display, raw_units=raw_units)
+    shown.update({k: turn(v) for k, v in raw_units.items() if k != "last"})
+    shown["last"] = dict(out["last"], **{k: turn(v) for k, v in raw_units["last"].items()})
+    shown["alerts"] = [dict(a, scale=turn(a["scale"]), raw_units={"scale": a["scale"]}) for a in out["alerts"]]
+    return shown
 
 
 def summarize(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
@@ -123,12 +181,114 @@ def summarize(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
             out[name].fold(series)
 
 
+def _total(attr: str) -> property:
+    """A property: ``attr`` summed over the elements."""
+    return property(lambda self: sum(getattr(e, attr) for e in self.elements), doc=f"{attr}, over the elements")
+
+
+@dataclass
+class TensorReport(ElementGroup):
+    """What one tensor did: its element summaries (:class:`ScaleSummary`, one for a single-value scale).
+
+    Counts add up over elements (``readings``, ``near_upper``/``near_lower``,
+    ``non_finite``); ``pinned_now`` counts the elements pinned at their last
+    reading; value ranges are across elements, in raw units.
+    """
+
+    readings = _total("readings")
+    near_upper = _total("near_upper")
+    near_lower = _total("near_lower")
+    non_finite = _total("non_finite")
+    pinned_now = _total("pinned_now")
+
+    @property
+    def first_step(self) -> Optional[int]:
+        return min((e.first_step for e in self.elements if e.first_step is not None), default=None)
+
+    @property
+    def last_step(self) -> Optional[int]:
+        return max((e.last_step for e in self.elements if e.last_step is not None), default=None)
+
+    def last_range(self, what: str = "scale") -> Tuple[float, float]:
+        """Smallest and largest finite last ``scale``/``raw``/``grad`` across elements (NaN when none)."""
+        return finite_range(getattr(e, f"last_{what}") for e in self.elements)
+
+    @property
+    def scale_min(self) -> float:
+        return finite_range(e.scale_min for e in self.elements)[0]
+
+    @property
+    def scale_max(self) -> float:
+        return finite_range(e.scale_max for e in self.elements)[1]
+
+    @property
+    def near_bound(self) -> int:
+        return self.near_upper + self.near_lower
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready dict: a single-value scale's :meth:`ScaleSummary.to_json`; a tensor's totals.
+
+        A tensor has ``element_count``, ``pinned_now`` (elements), ``last`` with the
+        ranges across elements (``scale_min``/``scale_max``, ``raw_min``/``raw_max``,
+        ``grad_min``/``grad_max``), its elements' alerts (each naming the ``element``
+        and its ``index``) and ``elements``: the alerted elements, each as
+        :meth:`ScaleSummary.to_json` with its ``index``.
+        """
+        if self.single:
+            return self.elements[0].to_json()
+        (lo, hi), (raw_lo, raw_hi), (g_lo, g_hi) = (self.last_range(w) for w in ("scale", "raw", "grad"))
+        out = {
+            "name": self.name, "element_count": len(self.elements), "min": js_number(self.min),
+            "max": js_number(self.max), "bound": self.bound, "warn_fraction": js_number(self.warn_fraction),
+            "upper_warning": js_number(self.upper_warning), "lower_warning": js_number(self.lower_warning),
+            "readings": self.readings, "first_step": self.first_step, "last_step": self.last_step,
+            "last": {"step": self.last_step, "scale_min": js_number(lo), "scale_max": js_number(hi),
+                     "raw_min": js_number(raw_lo), "raw_max": js_number(raw_hi), "grad_min": js_number(g_lo),
+                     "grad_max": js_number(g_hi)},
+            "scale_min": js_number(self.scale_min), "scale_max": js_number(self.scale_max),
+            "near_bound": {"readings": self.near_bound, "upper": self.near_upper, "lower": self.near_lower},
+            "non_finite_readings": self.non_finite, "pinned_now": self.pinned_now,
+            "alerts": [{"step": st, "kind": k, "scale": js_number(v), "element": e.name, "index": e.index}
+                       for st, e, k, v in _all_alerts(self.elements)],
+        }
+        out = shown_json(out, self.display)
+        out["elements"] = [e.to_json() for e in self.alerted]
+        return out
+
+
+def finite_range(numbers: Iterable[float]) -> Tuple[float, float]:
+    """``(smallest, largest)`` of the finite ``numbers``; NaN, NaN when there is none."""
+    finite = [v for v in numbers if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else (math.nan, math.nan)
+
+
+def group_summaries(summaries: Iterable[ScaleSummary]) -> List[TensorReport]:
+    """One :class:`TensorReport` per tensor, in the order the tensors first appear; elements by index."""
+    return grouped(TensorReport.of, summaries)
+
+
+def summarize_history(path: str, problems: Optional[ReadProblems] = None) -> List[ScaleSummary]:
+    """:func:`summarize` of a history file, read with the column reader (no per-line JSON)."""
+    from scalewatch.dashboards.history_columns import read_series  # numpy-heavy: only for history files
+
+    return [ScaleSummary.of(s) for s in read_series(path, problems, gradient=False).values()]
+
+
 def report_json(summaries: List[ScaleSummary], source: Dict[str, Any]) -> Dict[str, Any]:
-    """The whole report as a JSON-ready dict; ``source`` says what was read."""
+    """The whole report as a JSON-ready dict; ``source`` says what was read.
+
+    ``scales`` has one entry per tensor (a single-value scale as ever, see
+    :meth:`TensorReport.to_json`); ``alerts`` lists every alert of every scale or
+    element by step.
+    """
+    alerts = []
+    for st, s, k, v in _all_alerts(summaries):
+        entry = {"step": st, "name": s.name, "kind": k, "scale": js_number(v)}
+        if s.display != IDENTITY:
+            entry.update(scale=js_number(s.shown(v)), display=s.display, raw_units={"scale": js_number(v)})
+        alerts.append(entry)
     return {"source": source, "readings": sum(s.readings for s in summaries),
-            "scales": [s.to_json() for s in summaries],
-            "alerts": [{"step": st, "name": s.name, "kind": k, "scale": js_number(v)}
-                       for st, s, k, v in _all_alerts(summaries)]}
+            "scales": [t.to_json() for t in group_summaries(summaries)], "alerts": alerts}
 
 
 def _all_alerts(summaries: List[ScaleSummary]) -> List[Tuple[int, ScaleSummary, str, float]]:
@@ -141,11 +301,23 @@ def fmt_number(value: float) -> str:
 
 
 def bounds_cell(s: ScaleBounds) -> str:
-    """``[min, max]`` for a table cell."""
-    return f"[{fmt_number(s.min)}, {fmt_number(s.max)}]"
+    """``[min, max]`` for a table cell, as shown; a missing bound open: ``(-inf, 4.605]``."""
+    return s.range_text(".4g")
 
 
-def near_bound_cell(s: ScaleSummary) -> str:
+def shown_cell(s: ScaleBounds, value: float) -> str:
+    """A scale value (raw units) as a table cell, in display units."""
+    return fmt_number(s.shown(value))
+
+
+def warn_cell(s: ScaleBounds) -> str:
+    """Where the warning lines are, as shown: ``<0.95 >4.5``; only those that exist."""
+    parts = ([] if math.isnan(s.lower_warning) else [f"<{shown_cell(s, s.lower_warning)}"]) + \
+            ([] if math.isnan(s.upper_warning) else [f">{shown_cell(s, s.upper_warning)}"])
+    return " ".join(parts) or "-"
+
+
+def near_bound_cell(s: Any) -> str:
     """Readings near a bound, with their share: ``10 (83%)``."""
     return f"{s.near_bound}" + (f" ({100.0 * s.near_bound / s.readings:.0f}%)" if s.readings else "")
 
@@ -167,22 +339,17 @@ def source_json(src: Source) -> Dict[str, Any]:
 
 
 def report_text(summaries: List[ScaleSummary], source: str) -> str:
-    """A plain-text table, one row per scale, then every alert with its step."""
+    """A plain-text table, one row per scale (per tensor, then its alerted elements), then every alert."""
     readings = sum(s.readings for s in summaries)
     steps = [s.first_step for s in summaries if s.first_step is not None]
     lasts = [s.last_step for s in summaries if s.last_step is not None]
     span = f", steps {min(steps)} to {max(lasts)}" if steps else ""
-    lines = [f"scalewatch report: {source}",
-             f"{readings} reading(s) of {len(summaries)} scale(s){span}", ""]
-    head = ("scale", "readings", "last", "min", "max", "bounds", "warn at", "near bound", "last raw", "last grad",
-            "alerts")
-    rows = [head]
-    for s in summaries:
-        warn = f"<{fmt_number(s.lower_warning)} >{fmt_number(s.upper_warning)}"
-        rows.append((s.name, str(s.readings), fmt_number(s.last_scale), fmt_number(s.scale_min),
-                     fmt_number(s.scale_max), bounds_cell(s), warn, near_bound_cell(s), fmt_number(s.last_raw),
-                     fmt_number(s.last_grad), str(len(s.alerts))))
-    lines += table_lines(rows)
+    tensors = group_summaries(summaries)
+    per_head = any(not t.single for t in tensors)
+    count = f"{len(tensors)} scale(s)" if not per_head else \
+        f"{len(summaries)} value(s) in {len(tensors)} scale(s)"
+    lines = [f"scalewatch report: {source}", f"{readings} reading(s) of {count}{span}", ""]
+    lines += table_lines(_table(tensors) if per_head else _plain_table(summaries))
     lines.append("")
     alerts = _all_alerts(summaries)
     if not alerts:
@@ -190,6 +357,51 @@ def report_text(summaries: List[ScaleSummary], source: str) -> str:
     else:
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
-            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={fmt_number(value)}  range {bounds_cell(s)}")
+            raw = "" if s.display == IDENTITY else f" (raw {fmt_number(value)})"
+            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={shown_cell(s, value)}{raw}  "
+                         f"range {bounds_cell(s)}")
     lines += ["", NEAR_BOUND_NOTE]
+    shown = sorted({s.display for s in summaries if s.display != IDENTITY})
+    for display in shown:
+        lines.append(f"({display}): scale values, bounds and warning lines shown as {display}(value); "
+                     "raw and grad in raw (optimizer) units")
+    if per_head:
+        lines.append("TENSOR rows: ranges across its elements; pinned: elements pinned at their last reading; "
+                     "[i] rows: the elements that alerted")
     return "\n".join(lines)
+
+
+def _name_cell(s: ScaleBounds, name: str) -> str:
+    return name if s.display == IDENTITY else f"{name} ({s.display})"
+
+
+def _plain_table(summaries: List[ScaleSummary]) -> List[Sequence[str]]:
+    """Single-value scales only: the table as it always was."""
+    rows: List[Sequence[str]] = [("scale", "readings", "last", "min", "max", "bounds", "warn at", "near bound",
+                                  "last raw", "last grad", "alerts")]
+    for s in summaries:
+        rows.append((_name_cell(s, s.name), str(s.readings), shown_cell(s, s.last_scale), shown_cell(s, s.scale_min),
+                     shown_cell(s, s.scale_max), bounds_cell(s), warn_cell(s), near_bound_cell(s),
+                     fmt_number(s.last_raw), fmt_number(s.last_grad), str(len(s.alerts))))
+    return rows
+
+
+def _table(tensors: List[TensorReport]) -> List[Sequence[str]]:
+    """With per-head scales: a row per tensor (ranges across elements), then a row per alerted element."""
+    rows: List[Sequence[str]] = [("scale", "elements", "readings", "last", "min", "max", "bounds", "warn at",
+                                  "near bound", "pinned", "last raw", "last grad", "alerts")]
+
+    def pair(t: ScaleBounds, lo_hi: Tuple[float, float], shown: bool = True) -> str:
+        lo, hi = (t.shown(v) for v in lo_hi) if shown else lo_hi
+        return fmt_number(lo) if lo == hi else f"{fmt_number(lo)}..{fmt_number(hi)}"
+
+    for t in tensors:
+        rows.append((_name_cell(t, t.name), str(len(t.elements)), str(t.readings), pair(t, t.last_range()),
+                     shown_cell(t, t.scale_min), shown_cell(t, t.scale_max), bounds_cell(t), warn_cell(t),
+                     near_bound_cell(t), str(t.pinned_now), pair(t, t.last_range("raw"), False),
+                     pair(t, t.last_range("grad"), False), str(len(_all_alerts(t.elements)))))
+        for e in ([] if t.single else t.alerted):
+            rows.append((f"  [{e.index}]", "", str(e.readings), shown_cell(e, e.last_scale), shown_cell(e, e.scale_min),
+                         shown_cell(e, e.scale_max), "", "", near_bound_cell(e), "yes" if e.pinned_now else "-",
+                         fmt_number(e.last_raw), fmt_number(e.last_grad), str(len(e.alerts))))
+    return rows

@@ -9,6 +9,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from scalewatch.monitor.display import IDENTITY, display_value, format_range
 from scalewatch.monitor.saturation import lower_warning, upper_warning
 
 DEFAULT_WARN_FRACTION = 0.9
@@ -19,30 +20,66 @@ def as_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def as_bound(value: float) -> Optional[float]:
+    """A series' bound as the rules take it: NaN (no bound on that side) as ``None``."""
+    return None if value != value else value
+
+
+def group_of(record: Dict[str, Any]) -> str:
+    """The tensor a record belongs to: its ``tensor`` (an element ``NAME[i]``), else its ``name``."""
+    return record.get("tensor") or record["name"]
+
+
 @dataclass
 class ScaleBounds:
-    """A scale's name, bounds and warning lines, as the latest record gives them."""
+    """A scale's name, bounds and warning lines, as the latest record gives them.
+
+    A bound that is NaN is missing (a one-sided scale, JSON ``null`` in the
+    history): no line is drawn for it and no rule needs it. ``tensor`` and
+    ``index`` are set for an element ``TENSOR[index]`` of a multi-element scale;
+    ``display`` is how its values are shown (see :mod:`scalewatch.monitor.display`).
+    """
 
     name: str
     min: float = math.nan
     max: float = math.nan
     warn_fraction: float = DEFAULT_WARN_FRACTION
     bound: str = "hard"
+    tensor: Optional[str] = None
+    index: Optional[int] = None
+    display: str = IDENTITY
 
     def take_bounds(self, record: Dict[str, Any]) -> None:
-        """Copy a record's bounds, warn fraction and bound kind (kept when absent)."""
+        """Copy a record's bounds, warn fraction and bound kind (kept when absent), tensor and display."""
         self.min = as_float(record.get("min", self.min))
         self.max = as_float(record.get("max", self.max))
         self.warn_fraction = float(record.get("warn_fraction") or self.warn_fraction)
         self.bound = record.get("bound") or self.bound
+        self.tensor, self.index = record.get("tensor"), record.get("index")
+        self.display = record.get("display") or IDENTITY
+
+    @property
+    def group(self) -> str:
+        """The tensor this scale is an element of, or its own name."""
+        return self.tensor or self.name
 
     @property
     def upper_warning(self) -> float:
-        return upper_warning(self.max, self.warn_fraction)
+        """``near_upper`` fires above this (NaN without an upper bound), in raw units."""
+        return as_float(upper_warning(as_bound(self.max), self.warn_fraction))
 
     @property
     def lower_warning(self) -> float:
-        return lower_warning(self.min, self.max, self.warn_fraction)
+        """``near_lower`` fires below this (NaN without a lower bound), in raw units."""
+        return as_float(lower_warning(as_bound(self.min), as_bound(self.max), self.warn_fraction))
+
+    def shown(self, value: float) -> float:
+        """A raw-unit value of the scale (or a bound) as dashboards show it (``exp`` for ``display="exp"``)."""
+        return value if self.display == IDENTITY or value != value else display_value(value, self.display)
+
+    def range_text(self, fmt: str = "g") -> str:
+        """The bounds as shown, a missing side open: ``[0.5, 5]``, ``(-inf, 4.605]``, exp: ``[1, 100]``."""
+        return format_range(as_bound(self.min), as_bound(self.max), self.display, fmt)
 
 
 #: where a scale's bounds took new values: (index of the first reading, min, max, warn_fraction)
@@ -105,26 +142,45 @@ class ScaleSeries(ScaleBounds):
         return len(self.steps)
 
 
-def closeness_to_bound(record: Dict[str, Any]) -> float:
-    """0 at a bound (or non-finite), 0.5 in the middle of the range."""
-    lo, hi, s = as_float(record.get("min")), as_float(record.get("max")), as_float(record.get("scale"))
-    if not all(math.isfinite(v) for v in (lo, hi, s)) or hi <= lo:
+def closeness(scale: float, lo: float, hi: float) -> float:
+    """How far ``scale`` is from its nearest bound: 0 at a bound (or non-finite), 0.5 mid-range.
+
+    The distance is a share of the range ``hi - lo``; with one bound (the other NaN)
+    a share of that bound's magnitude (at least 1), so one-sided scales rank too.
+    """
+    if scale != scale or scale in (math.inf, -math.inf):
         return 0.0
-    return max(0.0, min(s - lo, hi - s) / (hi - lo))
+    has_lo, has_hi = lo == lo, hi == hi
+    if has_lo and has_hi:
+        if hi <= lo:
+            return 0.0
+        return max(0.0, min(scale - lo, hi - scale) / (hi - lo))
+    if has_hi:
+        return max(0.0, (hi - scale) / max(abs(hi), 1.0))
+    if has_lo:
+        return max(0.0, (scale - lo) / max(abs(lo), 1.0))
+    return 1.0
+
+
+def closeness_to_bound(record: Dict[str, Any]) -> float:
+    """:func:`closeness` of a record's scale to its bounds."""
+    return closeness(as_float(record.get("scale")), as_float(record.get("min")), as_float(record.get("max")))
 
 
 class ScaleRanking:
-    """Orders scale names most-at-risk first, fed one record at a time.
+    """Orders scales most-at-risk first, fed one record at a time, per tensor.
 
-    Alerted scales come first, then by the closest approach to a bound.
+    Alerted tensors come first, then by the closest approach of any of their
+    elements to a bound. A single-value scale is its own tensor.
     """
 
     def __init__(self) -> None:
         self._score: Dict[str, Tuple[int, float]] = {}
 
     def add(self, rec: Dict[str, Any]) -> None:
-        alerted, closest = self._score.get(rec["name"], (0, 1.0))
-        self._score[rec["name"]] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
+        key = group_of(rec)
+        alerted, closest = self._score.get(key, (0, 1.0))
+        self._score[key] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
 
     def ranked(self) -> List[str]:
         return sorted(self._score, key=lambda n: (-self._score[n][0], self._score[n][1], n))

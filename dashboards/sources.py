@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -319,16 +320,19 @@ def records_from_logged(rows: Iterable[Tuple[int, str, Dict[str, float]]], warn_
     """Turn logged ``(step, name, {field: value})`` rows, in step order, into history records.
 
     A row without ``scale`` is skipped; a missing bound is taken from the scale's
-    earlier rows. Alerts are recomputed with :class:`SaturationTracker`.
+    earlier rows. A scale that never logged one of its bounds is one-sided on that
+    side (``None``, as a one-sided scale's ``min`` is never logged); one that logged
+    neither yet is skipped. An element key ``NAME[i]`` becomes a record with
+    ``tensor`` and ``index``, as in the history. Alerts are recomputed with
+    :class:`SaturationTracker`.
     """
     tracker = SaturationTracker(warn_fraction, patience)
-    bounds: Dict[str, Tuple[float, float]] = {}
+    bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = {}
     for step, name, fields in rows:
-        lo, hi = fields.get("min"), fields.get("max")
-        if lo is None or hi is None:
-            if name not in bounds:
-                continue
-            lo, hi = bounds[name]
+        known = bounds.get(name, (None, None))
+        lo, hi = fields.get("min", known[0]), fields.get("max", known[1])
+        if lo is None and hi is None:
+            continue
         bounds[name] = (lo, hi)
         scale = fields.get("scale")
         if scale is None:
@@ -340,16 +344,28 @@ def records_from_logged(rows: Iterable[Tuple[int, str, Dict[str, float]]], warn_
         reading = Reading(step=step, name=name, scale=scale, raw=raw if "raw" in fields else scale, grad=grad,
                           min=lo, max=hi, bound=bound, clamp_fraction=fields.get("clamp_fraction"))
         alerts = [a.kind for a in tracker.update(reading)]
-        yield {"step": step, "name": name, "scale": scale, "raw": raw, "grad": grad, "min": lo, "max": hi,
-               "bound": bound, "clamp_fraction": fields.get("clamp_fraction"), "warn_fraction": warn_fraction,
-               "alerts": alerts}
+        record = {"step": step, "name": name, "scale": scale, "raw": raw, "grad": grad, "min": lo, "max": hi,
+                  "bound": bound, "clamp_fraction": fields.get("clamp_fraction")}
+        element = _ELEMENT.match(name)
+        if element:
+            record.update(tensor=element.group(1), index=int(element.group(2)))
+        yield dict(record, warn_fraction=warn_fraction, alerts=alerts)
 
 
-def infer_bound(scale: float, raw: float, lo: float, hi: float) -> str:
-    """``hard`` when ``scale == clamp(raw, lo, hi)`` (or it cannot be told), else ``soft``."""
-    if not all(math.isfinite(v) for v in (scale, raw, lo, hi)):
+#: a logged element name, ``TENSOR[i]``
+_ELEMENT = re.compile(r"^(.+)\[(\d+)\]$")
+
+
+def infer_bound(scale: float, raw: float, lo: Optional[float], hi: Optional[float]) -> str:
+    """``hard`` when ``scale == clamp(raw, lo, hi)`` (or it cannot be told), else ``soft``.
+
+    A ``None`` bound clamps nothing on its side.
+    """
+    if not all(math.isfinite(v) for v in (scale, raw)) or \
+            not all(v is None or math.isfinite(v) for v in (lo, hi)):
         return "hard"
-    clamped = min(max(raw, lo), hi)
+    clamped = raw if lo is None else max(raw, lo)
+    clamped = clamped if hi is None else min(clamped, hi)
     return "hard" if abs(scale - clamped) <= 1e-5 * max(1.0, abs(scale)) else "soft"
 
 

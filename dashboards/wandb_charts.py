@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 from scalewatch.dashboards.plot import envelope
-from scalewatch.dashboards.series import ScaleSeries
+from scalewatch.dashboards.tensor_series import TensorSeries, shown_values
 
 log = logging.getLogger("scalewatch")
 
@@ -38,22 +39,34 @@ def define_scale_metrics(run: Any, names: Sequence[str], step_metric: str = STEP
         log.warning("scalewatch could not define W&B metrics: %s", err)
 
 
-def bounds_charts(series: List[ScaleSeries]) -> Dict[str, Any]:
-    """One W&B line chart per scale: scale, min, max and the warning line over steps."""
+def bounds_charts(series: List[TensorSeries]) -> Dict[str, Any]:
+    """One W&B line chart per scale: scale, min, max and the warning line over steps.
+
+    A per-head tensor's chart has the smallest and largest element instead of the
+    scale; values are shown as the plot shows them (exp for ``display="exp"``);
+    a missing bound has no line.
+    """
     wandb = _wandb()
     charts = {}
-    for s in series:
-        steps = np.frombuffer(s.steps, dtype=np.float64)
-        x, y = envelope(steps, np.frombuffer(s.scale, dtype=np.float64), MAX_CHART_POINTS)
+    for t in series:
+        steps, low, high = t.band("scale")
+        x, lo = envelope(steps, shown_values(t, low), MAX_CHART_POINTS)
         xs = [float(v) for v in x]
-        ys = [[float(v) for v in y], [s.min] * len(xs), [s.max] * len(xs), [s.upper_warning] * len(xs)]
-        charts[f"scalewatch_charts/{s.name}"] = wandb.plot.line_series(
-            xs=xs, ys=ys, keys=["scale", "min", "max", "warning"], title=f"{s.name} against its bounds",
-            xname="optimizer step")
+        if t.single:
+            keys, ys = ["scale"], [[float(v) for v in lo]]
+        else:
+            hi = np.interp(x, steps, shown_values(t, high))
+            keys, ys = ["scale min", "scale max"], [[float(v) for v in lo], [float(v) for v in hi]]
+        for key, value in (("min", t.min), ("max", t.max), ("warning", t.upper_warning)):
+            if math.isfinite(value):
+                keys.append(key)
+                ys.append([t.shown(value)] * len(xs))
+        charts[f"scalewatch_charts/{t.name}"] = wandb.plot.line_series(
+            xs=xs, ys=ys, keys=keys, title=f"{t.name} against its bounds", xname="optimizer step")
     return charts
 
 
-def log_plot(run: Any, fig: Any, series: List[ScaleSeries], step: int, final: bool,
+def log_plot(run: Any, fig: Any, series: List[TensorSeries], step: int, final: bool,
              step_metric: str = STEP_METRIC) -> None:
     """Send the matplotlib plot as an image, and at the end of fit the bounds charts of the drawn series."""
     wandb = _wandb()

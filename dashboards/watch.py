@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION, as_float, closeness_to_bound
+from scalewatch.monitor.display import IDENTITY, display_value, format_range
 from scalewatch.monitor.history import parse_record
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning,
@@ -170,23 +171,109 @@ class LiveState:
 
 
 def holding_now(record: Dict[str, Any]) -> List[str]:
-    """The saturation conditions that hold at this reading (``pinned``: at this check alone)."""
-    scale, raw, lo, hi = (as_float(record.get(k)) for k in ("scale", "raw", "min", "max"))
+    """The saturation conditions that hold at this reading (``pinned``: at this check alone).
+
+    A missing (``null``) bound takes no part: a one-sided scale is never ``near`` its missing side.
+    """
+    scale, raw = as_float(record.get("scale")), as_float(record.get("raw"))
+    lo, hi = record.get("min"), record.get("max")
     grad = None if record.get("grad") is None else as_float(record.get("grad"))
     w = as_float(record.get("warn_fraction"))
     w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
     if not (math.isfinite(scale) and math.isfinite(raw)) or (grad is not None and not math.isfinite(grad)):
         return [NON_FINITE]
     held = []
-    if scale > upper_warning(hi, w):
+    up, down = upper_warning(hi, w), lower_warning(lo, hi, w)
+    if up is not None and scale > up:
         held.append(NEAR_UPPER)
-    if scale < lower_warning(lo, hi, w):
+    if down is not None and scale < down:
         held.append(NEAR_LOWER)
     reading = Reading(step=int(record["step"]), name=str(record["name"]), scale=scale, raw=raw, grad=grad,
                       min=lo, max=hi, bound=str(record.get("bound") or "hard"))
     if is_pinned(reading):
         held.append(PINNED)
     return held
+
+
+def _display(record: Dict[str, Any]) -> str:
+    return record.get("display") or IDENTITY
+
+
+def _shown(record: Dict[str, Any], value: Any) -> float:
+    """A raw-unit value of this record's scale as shown (``exp`` for ``display="exp"``); None as NaN."""
+    return as_float(display_value(None if value is None else as_float(value), _display(record)))
+
+
+# ---- rows: a single-value scale, or a per-head tensor's elements together ---------------
+
+
+@dataclass
+class Row:
+    """One row of the view: a scale, or all elements of a per-head tensor.
+
+    ``record`` is the latest reading (a tensor: its most-at-risk element's, whose
+    recent values the sparkline shows); ``band`` the elements' smallest and largest
+    value, in raw units; ``held`` how many elements hold each condition now.
+    """
+
+    name: str
+    record: Dict[str, Any]
+    recent: List[float]
+    elements: int = 1
+    band: Optional[Tuple[float, float]] = None
+    raw_band: Optional[Tuple[float, float]] = None
+    grad_band: Optional[Tuple[float, float]] = None
+    held: Dict[str, List[str]] = field(default_factory=dict)  # kind -> the elements holding it
+
+    @property
+    def kinds(self) -> List[str]:
+        return [k for k in (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE) if k in self.held]
+
+    @property
+    def risk(self) -> Tuple[bool, float, str]:
+        """Sort key: rows holding a condition first, then the closest to a bound."""
+        return not self.held, closeness_to_bound(self.record), self.name
+
+    def status(self) -> List[str]:
+        """Lines for the state column: ``pinned``; for a tensor ``[5] pinned`` or ``3 pinned``."""
+        if self.band is None:
+            return [_STATUS_LABEL[k] for k in self.kinds]
+        out = []
+        for k in self.kinds:
+            who = self.held[k]
+            out.append(f"{who[0][who[0].rfind('['):]} {_STATUS_LABEL[k]}" if len(who) == 1
+                       else f"{len(who)} {_STATUS_LABEL[k]}")
+        return out
+
+
+def rows_of(scales: List[LiveScale]) -> List[Row]:
+    """One :class:`Row` per scale, the elements of each per-head tensor in one row, first-seen order."""
+    groups: Dict[str, List[LiveScale]] = {}
+    for s in scales:
+        groups.setdefault(s.last.get("tensor") or s.name, []).append(s)
+    rows = []
+    for name, members in groups.items():
+        if len(members) == 1 and members[0].last.get("tensor") is None:
+            s = members[0]
+            held = {k: [s.name] for k in holding_now(s.last)}
+            rows.append(Row(name=s.name, record=s.last, recent=list(s.recent), held=held))
+            continue
+        held: Dict[str, List[str]] = {}
+        for s in members:
+            for k in holding_now(s.last):
+                held.setdefault(k, []).append(s.name)
+        lead = min(members, key=lambda s: (not any(s.name in v for v in held.values()),
+                                            closeness_to_bound(s.last)))
+        rows.append(Row(name=name, record=lead.last, recent=list(lead.recent), elements=len(members),
+                        band=_range(s.last.get("scale") for s in members),
+                        raw_band=_range(s.last.get("raw") for s in members),
+                        grad_band=_range(s.last.get("grad") for s in members), held=held))
+    return rows
+
+
+def _range(numbers: Any) -> Tuple[float, float]:
+    finite = [v for v in (as_float(x) for x in numbers) if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else (math.nan, math.nan)
 
 
 # ---- drawing ---------------------------------------------------------------------------
@@ -202,50 +289,99 @@ def _fmt(value: Any) -> str:
     return "nan" if math.isnan(v) else f"{v:.4g}"
 
 
+def _fmt_pair(pair: Tuple[float, float]) -> str:
+    lo, hi = pair
+    return _fmt(lo) if lo == hi or math.isnan(lo) else f"{_fmt(lo)}..{_fmt(hi)}"
+
+
 def _position(value: float, lo: float, hi: float, width: int) -> Optional[int]:
     if not all(math.isfinite(v) for v in (value, lo, hi)) or hi <= lo:
         return None
     return min(width - 1, max(0, int((value - lo) / (hi - lo) * width)))
 
 
-def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH) -> Tuple[List[str], Optional[int], str]:
-    """Cell kinds across ``[min, max]`` (``ok``/``warn``), the value's cell, and raw's side (``<``, ``>`` or ``''``)."""
-    lo, hi, scale, raw = (as_float(record.get(k)) for k in ("min", "max", "scale", "raw"))
+def bar_range(record: Dict[str, Any], value: Optional[float] = None) -> Tuple[float, float]:
+    """The ends of the bar, in shown units: the bounds; a missing one is put so the value sits mid-bar.
+
+    (With ``display="exp"`` a missing lower bound is 0, what exp(-inf) shows as.)
+    """
+    lo, hi = _shown(record, record.get("min")), _shown(record, record.get("max"))
+    v = _shown(record, record.get("scale")) if value is None else value
+    v = v if math.isfinite(v) else math.nan
+    if math.isnan(lo) and not math.isnan(hi):
+        lo = 0.0 if _display(record) != IDENTITY else min(hi - 1.0, v - (hi - v) if v == v else hi - 1.0)
+    elif math.isnan(hi) and not math.isnan(lo):
+        hi = max(lo + 1.0, v + (v - lo) if v == v else lo + 1.0)
+    return lo, hi
+
+
+def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH,
+              band: Optional[Tuple[float, float]] = None) -> Tuple[List[str], Optional[int], str]:
+    """Cell kinds across ``[min, max]`` (``ok``/``warn``, ``band`` for a tensor's span), the value's cell,
+    and raw's side (``<``, ``>`` or ``''``). All in shown units."""
+    raw_lo, raw_hi = record.get("min"), record.get("max")
     w = as_float(record.get("warn_fraction"))
     w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
-    up, down = upper_warning(hi, w), lower_warning(lo, hi, w)
+    up, down = _shown(record, upper_warning(raw_hi, w)), _shown(record, lower_warning(raw_lo, raw_hi, w))
+    lo, hi = bar_range(record)
     cells = []
     for i in range(width):
         mid = lo + (i + 0.5) * (hi - lo) / width
         cells.append("warn" if (mid > up or mid < down) else "ok")
-    side = ""
-    if record.get("bound", "hard") == "hard" and math.isfinite(raw):
-        side = ">" if raw > hi else "<" if raw < lo else ""
-    return cells, _position(scale, lo, hi, width), side
+    at = _position(_shown(record, record.get("scale")), lo, hi, width)
+    if band is not None:
+        ends = [_position(_shown(record, v), lo, hi, width) for v in band]
+        if None not in ends:
+            for i in range(ends[0], ends[1] + 1):
+                cells[i] = "band-" + cells[i]
+            at = None
+    return cells, at, raw_side(record)
 
 
-def bar_text(record: Dict[str, Any], width: int = BAR_WIDTH, unicode: bool = True) -> Text:
-    """Where the value stands between min and max, warning zones marked, raw beyond a bound flagged."""
-    cells, at, side = bar_cells(record, width)
-    line, mark = ("─", "●") if unicode else ("-", "*")
-    text = Text(f"{_fmt(record.get('min'))} ", style="dim")
+def raw_side(record: Dict[str, Any]) -> str:
+    """``>`` when the raw parameter is beyond a hard upper bound, ``<`` below a hard lower one, else ``''``."""
+    raw, lo, hi = as_float(record.get("raw")), record.get("min"), record.get("max")
+    if record.get("bound", "hard") != "hard" or not math.isfinite(raw):
+        return ""
+    return ">" if hi is not None and raw > hi else "<" if lo is not None and raw < lo else ""
+
+
+def _end_labels(record: Dict[str, Any]) -> Tuple[str, str]:
+    """The bar's end labels, as shown; a missing bound as format_range shows it open (``-inf``, exp: ``0``)."""
+    lo, hi = record.get("min"), record.get("max")
+    open_lo, open_hi = format_range(None, None, _display(record))[1:-1].split(", ")
+    return (open_lo if lo is None else _fmt(_shown(record, lo))), (open_hi if hi is None else _fmt(_shown(record, hi)))
+
+
+def bar_text(record: Dict[str, Any], width: int = BAR_WIDTH, unicode: bool = True,
+             band: Optional[Tuple[float, float]] = None) -> Text:
+    """Where the value (a tensor: its elements' span) stands between min and max, warning zones marked,
+    raw beyond a bound flagged."""
+    cells, at, side = bar_cells(record, width, band)
+    line, mark, span = ("─", "●", "━") if unicode else ("-", "*", "=")
+    left, right = _end_labels(record)
+    text = Text(f"{left} ", style="dim")
     text.append("◀" if side == "<" and unicode else "<" if side == "<" else " ", style="bold red")
     for i, kind in enumerate(cells):
         if i == at:
             text.append(mark, style="bold " + ("red" if kind == "warn" else "green"))
+        elif kind.startswith("band-"):
+            text.append(span, style="bold " + ("red" if kind == "band-warn" else "green"))
         else:
             text.append(line, style="yellow" if kind == "warn" else "grey50")
     text.append("▶" if side == ">" and unicode else ">" if side == ">" else " ", style="bold red")
-    text.append(f" {_fmt(record.get('max'))}", style="dim")
+    text.append(f" {right}", style="dim")
     return text
 
 
-def bar_ascii(record: Dict[str, Any], width: int = 20) -> str:
-    """The bar in plain ASCII: ``0.5 [------~~*] 5 >`` (``~`` warning zone, ``*`` the value)."""
-    cells, at, side = bar_cells(record, width)
-    inner = "".join("*" if i == at else "~" if k == "warn" else "-" for i, k in enumerate(cells))
+def bar_ascii(record: Dict[str, Any], width: int = 20, band: Optional[Tuple[float, float]] = None) -> str:
+    """The bar in plain ASCII: ``0.5 [------~~*] 5 >`` (``~`` warning zone, ``*`` the value, ``=`` a band)."""
+    cells, at, side = bar_cells(record, width, band)
+    inner = "".join("*" if i == at else "=" if k.startswith("band-") else "~" if k == "warn" else "-"
+                    for i, k in enumerate(cells))
     raw = {"<": " raw<min", ">": " raw>max"}.get(side, "")
-    return f"{_fmt(record.get('min'))} [{inner}] {_fmt(record.get('max'))}{raw}"
+    left, right = _end_labels(record)
+    return f"{left} [{inner}] {right}{raw}"
 
 
 def sparkline(values: Any, lo: float, hi: float, unicode: bool = True) -> str:
@@ -262,15 +398,13 @@ def sparkline(values: Any, lo: float, hi: float, unicode: bool = True) -> str:
 
 
 _STATUS_STYLE = {NEAR_UPPER: "bold yellow", NEAR_LOWER: "bold yellow", PINNED: "bold red", NON_FINITE: "bold red"}
-
-
-def _status(held: List[str]) -> Text:
-    if not held:
-        return Text("ok", style="green")
-    return Text("\n".join(_STATUS_LABEL[k] for k in held), style=_STATUS_STYLE[held[-1]])
-
-
 _STATUS_LABEL = {NEAR_UPPER: "near max", NEAR_LOWER: "near min", PINNED: "pinned", NON_FINITE: "not finite"}
+
+
+def _status(row: Row) -> Text:
+    if not row.held:
+        return Text("ok", style="green")
+    return Text("\n".join(row.status()), style=_STATUS_STYLE[row.kinds[-1]])
 
 
 def _left_cut(text: str, width: int, unicode: bool = True) -> str:
@@ -279,18 +413,29 @@ def _left_cut(text: str, width: int, unicode: bool = True) -> str:
     return text if len(text) <= width else dots + text[-(width - len(dots)):]
 
 
-def scale_table(shown: List[LiveScale], width: int, unicode: bool = True) -> Table:
-    """One row per scale, its columns sized to ``width``: the sparkline goes first when space is short."""
-    rows = []
-    for s in shown:
-        r = s.last
-        held = holding_now(r)
-        lo, hi, raw = as_float(r.get("min")), as_float(r.get("max")), as_float(r.get("raw"))
-        rows.append((s, r, held, lo, hi, raw))
-    cells = [[str(r.get("step")), _fmt(r.get("scale")), _fmt(r.get("raw")), _fmt(r.get("grad"))] for _, r, *_ in rows]
+def _row_name(row: Row, unicode: bool = True) -> str:
+    """``NAME``; a tensor ``NAME ×16``; a display transform ``(exp)`` after it."""
+    name = row.name if row.band is None else f"{row.name} {'×' if unicode else 'x'}{row.elements}"
+    display = _display(row.record)
+    return name if display == IDENTITY else f"{name} ({display})"
+
+
+def _row_cells(row: Row) -> List[str]:
+    """step, value (shown), raw, grad: a tensor's as ranges across its elements."""
+    r = row.record
+    if row.band is None:
+        return [str(r.get("step")), _fmt(_shown(r, r.get("scale"))), _fmt(r.get("raw")), _fmt(r.get("grad"))]
+    shown = (_shown(r, row.band[0]), _shown(r, row.band[1]))
+    return [str(r.get("step")), _fmt_pair(shown), _fmt_pair(row.raw_band or (math.nan, math.nan)),
+            _fmt_pair(row.grad_band or (math.nan, math.nan))]
+
+
+def scale_table(rows: List[Row], width: int, unicode: bool = True) -> Table:
+    """One row per scale (per tensor), its columns sized to ``width``: the sparkline goes first when space is short."""
+    cells = [_row_cells(row) for row in rows]
     fixed = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(("step", "value", "raw", "grad"))]
-    now_w = max([3] + [len(_STATUS_LABEL[k]) for *_, held, _lo, _hi, _raw in rows for k in held] + [2])
-    labels = max([0] + [len(_fmt(r.get("min"))) + len(_fmt(r.get("max"))) for _, r, *_ in rows]) + 4
+    now_w = max([3] + [len(line) for row in rows for line in row.status()] + [2])
+    labels = max([0] + [sum(len(x) for x in _end_labels(row.record)) for row in rows]) + 4
     gap = 3  # column divider and padding
     show_step = show_now = True
     rest = width - sum(fixed) - now_w - 7 * gap - 1
@@ -298,8 +443,9 @@ def scale_table(shown: List[LiveScale], width: int, unicode: bool = True) -> Tab
         show_step, rest = False, rest + fixed[0] + gap
     if rest < 45:
         show_now, rest = False, rest + now_w + gap
-    name_need = max([5] + [len(s.name) for s in shown])
-    name_w = min(name_need, 40, max(10, rest - 10 - labels))
+    names = [_row_name(row, unicode) for row in rows]
+    name_need = max([5] + [len(n) for n in names])
+    name_w = min(name_need, 40, max(16, rest - 10 - labels))
     left = rest - name_w - 10 - labels
     spark_w = min(20, left - gap) if left - gap >= 10 else 0
     left -= spark_w + gap if spark_w else 0
@@ -320,31 +466,34 @@ def scale_table(shown: List[LiveScale], width: int, unicode: bool = True) -> Tab
         table.add_column(Text("recent"), width=spark_w, no_wrap=True)
     if show_now:
         table.add_column(Text("now"), width=now_w)
-    for (s, r, held, lo, hi, raw), (step, value, raw_text, grad) in zip(rows, cells):
-        raw_style = "bold red" if r.get("bound", "hard") == "hard" and (raw > hi or raw < lo) else ""
-        value_style = _STATUS_STYLE.get(held[-1], "") if held else "bold green"
-        row = [Text(_left_cut(s.name, name_w, unicode))] + ([step] if show_step else [])
-        row += [Text(value, style=value_style), Text(raw_text, style=raw_style), grad, bar_text(r, bar_w, unicode)]
+    for row, name, (step, value, raw_text, grad) in zip(rows, names, cells):
+        r = row.record
+        raw_style = "bold red" if raw_side(r) else ""
+        value_style = _STATUS_STYLE.get(row.kinds[-1], "") if row.held else "bold green"
+        line = [Text(_left_cut(name, name_w, unicode))] + ([step] if show_step else [])
+        line += [Text(value, style=value_style), Text(raw_text, style=raw_style), grad,
+                 bar_text(r, bar_w, unicode, row.band)]
         if spark_w:
-            row.append(Text(sparkline(list(s.recent)[-spark_w:], lo, hi, unicode), style="cyan"))
+            lo, hi = bar_range(r)
+            recent = [_shown(r, v) for v in row.recent[-spark_w:]]
+            line.append(Text(sparkline(recent, lo, hi, unicode), style="cyan"))
         if show_now:
-            row.append(_status(held))
-        table.add_row(*row)
+            line.append(_status(row))
+        table.add_row(*line)
     return table
 
 
-def _fitting(scales: List[LiveScale], room: int) -> List[LiveScale]:
-    """All scales in their order if their rows fit ``room`` lines, else the most at risk that do."""
-    lines = {s.name: max(1, len(holding_now(s.last))) for s in scales}  # the state column wraps
+def _fitting(rows: List[Row], room: int) -> List[Row]:
+    """All rows in their order if they fit ``room`` lines, else the most at risk that do."""
+    lines = {row.name: max(1, len(row.status())) for row in rows}  # the state column wraps
     if sum(lines.values()) <= room:
-        return scales
-    ordered = sorted(scales, key=lambda s: (not holding_now(s.last), closeness_to_bound(s.last), s.name))
+        return rows
     shown, used = [], 0
-    for s in ordered:
-        if used + lines[s.name] > room:
+    for row in sorted(rows, key=lambda r: r.risk):
+        if used + lines[row.name] > room:
             break
-        shown.append(s)
-        used += lines[s.name]
+        shown.append(row)
+        used += lines[row.name]
     return shown
 
 
@@ -359,15 +508,17 @@ def _ago(seconds: float) -> str:
 
 def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicode: bool = True,
            interval: Optional[float] = 1.0, width: int = 120) -> RenderableType:
-    """The whole view: header, one row per scale (the most at risk when they do not fit), alerts."""
+    """The whole view: header, one row per scale or tensor (the most at risk when they do not fit), alerts."""
     dot = " · " if unicode else " | "
     head = Text(f"scalewatch watch  {follower.path}", style="bold")
     info = Text()
+    rows = rows_of(list(state.scales.values()))
     if state.readings == 0:
         info.append("waiting for the first reading...", style="dim")
     else:
-        info.append(f"{state.readings} reading(s) of {len(state.scales)} scale(s){dot}last step {state.last_step}",
-                    style="dim")
+        what = f"{len(state.scales)} scale(s)" if len(rows) == len(state.scales) else \
+            f"{len(state.scales)} value(s) in {len(rows)} scale(s)"
+        info.append(f"{state.readings} reading(s) of {what}{dot}last step {state.last_step}", style="dim")
         if follower.mtime is not None:
             info.append(f"{dot}file written {_ago(time.time() - follower.mtime)} ago", style="dim")
     if follower.waiting_for_rest:
@@ -378,18 +529,17 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
     alerts = list(state.alerts)[-ALERTS_SHOWN:]
     # header 2, table head 2, alerts panel, "... more" line, footer, 1 spare
     room = max(3, height - 2 - 2 - (max(1, len(alerts)) + 2) - 1 - 1 - 1)
-    scales = list(state.scales.values())
-    shown = _fitting(scales, room)
+    shown = _fitting(rows, room)
     table = scale_table(shown, width, unicode)
     parts: List[RenderableType] = [head, info, table]
-    if len(shown) < len(scales):
-        parts.append(Text(f"... {len(scales) - len(shown)} more scale(s); showing the {len(shown)} closest to a bound",
+    if len(shown) < len(rows):
+        parts.append(Text(f"... {len(rows) - len(shown)} more scale(s); showing the {len(shown)} closest to a bound",
                           style="dim"))
     body = Text()
     for i, (step, name, kind, value) in enumerate(alerts):
         body.append(("\n" if i else "") + f"step {step:>7}  ", style="dim")
         body.append(f"{kind:<10}", style=_STATUS_STYLE.get(kind, "bold red"))
-        body.append(f"  {name}  scale={_fmt(value)}")
+        body.append(f"  {name}  scale={_alert_value(state.scales[name].last if name in state.scales else {}, value)}")
     if not alerts:
         body.append("none yet", style="green")
     earlier = state.alert_count - len(alerts)
@@ -400,18 +550,41 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
     return Group(*parts)
 
 
+def _alert_value(record: Dict[str, Any], value: float) -> str:
+    """An alert's scale as its scale's record shows it, with its raw value after it under a display transform."""
+    if _display(record) == IDENTITY:
+        return _fmt(value)
+    return f"{_fmt(_shown(record, value))} (raw {_fmt(value)})"
+
+
 def plain_line(record: Dict[str, Any]) -> str:
     """One reading as one ASCII line, for logs and grep."""
     held = holding_now(record)
     status = " ".join(k.upper() for k in held) or "ok"
-    return (f"step {record.get('step')}  {record.get('name')}  scale={_fmt(record.get('scale'))}  "
+    display = _display(record)
+    scale = _fmt(_shown(record, record.get("scale"))) + ("" if display == IDENTITY else f" ({display})")
+    return (f"step {record.get('step')}  {record.get('name')}  scale={scale}  "
             f"raw={_fmt(record.get('raw'))}  grad={_fmt(record.get('grad'))}  {bar_ascii(record)}  {status}")
+
+
+def plain_tensor_line(row: Row) -> str:
+    """A per-head tensor at one check as one ASCII line: ranges across its elements, who holds what."""
+    r = row.record
+    display = _display(r)
+    step, value, raw, grad = _row_cells(row)
+    status = " ".join(line.upper() for line in row.status()) or "ok"
+    shown = "" if display == IDENTITY else f" ({display})"
+    return (f"step {step}  {row.name} ({row.elements} elements)  scale={value}{shown}  raw={raw}  grad={grad}  "
+            f"{bar_ascii(r, band=row.band)}  {status}")
 
 
 def plain_alert(alert: Alert, record: Optional[Dict[str, Any]] = None) -> str:
     step, name, kind, value = alert
-    where = f"  range [{_fmt(record.get('min'))}, {_fmt(record.get('max'))}]" if record else ""
-    return f"ALERT step {step}  {kind}  {name}  scale={_fmt(value)}{where}"
+    where = ""
+    if record:
+        where = f"  range {format_range(record.get('min'), record.get('max'), _display(record), '.4g')}"
+    shown = _alert_value(record or {}, value)
+    return f"ALERT step {step}  {kind}  {name}  scale={shown}{where}"
 
 
 # ---- the loop --------------------------------------------------------------------------
@@ -539,8 +712,8 @@ def _follow_live(console: Console, state: LiveState, follower: HistoryFollower, 
 
 
 def _print_snapshot(state: LiveState, out: TextIO) -> None:
-    for s in state.scales.values():
-        print(plain_line(s.last), file=out)
+    for row in rows_of(list(state.scales.values())):
+        print(plain_line(row.record) if row.band is None else plain_tensor_line(row), file=out)
     alerts = list(state.alerts)[-ALERTS_SHOWN:]
     if state.alert_count > len(alerts):
         print(f"({state.alert_count - len(alerts)} earlier alert(s) not shown)", file=out)
@@ -549,10 +722,47 @@ def _print_snapshot(state: LiveState, out: TextIO) -> None:
     out.flush()
 
 
+class _TensorLines:
+    """Plain output of new readings: a line per single-value reading, one per tensor per check for elements.
+
+    A tensor's elements arrive one after another; their line is printed when a
+    reading of another tensor or check comes, or at the end of what was read.
+    """
+
+    def __init__(self, state: LiveState, out: TextIO) -> None:
+        self.state, self.out = state, out
+        self._key: Optional[Tuple[str, Any]] = None
+        self._names: List[str] = []
+        self._alerts: List[Tuple[Alert, Dict[str, Any]]] = []
+
+    def add(self, record: Dict[str, Any], fired: List[Alert]) -> None:
+        tensor = record.get("tensor")
+        key = None if tensor is None else (tensor, record.get("step"))
+        if key != self._key:
+            self.flush()
+        if key is None:
+            print(plain_line(record), file=self.out)
+            for a in fired:
+                print(plain_alert(a, record), file=self.out)
+            return
+        self._key = key
+        self._names.append(str(record["name"]))
+        self._alerts += [(a, record) for a in fired]
+
+    def flush(self) -> None:
+        if self._key is not None:
+            (row,) = rows_of([self.state.scales[n] for n in self._names])
+            print(plain_tensor_line(row), file=self.out)
+            for a, record in self._alerts:
+                print(plain_alert(a, record), file=self.out)
+        self._key, self._names, self._alerts = None, [], []
+
+
 def _follow_plain(out: TextIO, state: LiveState, follower: HistoryFollower, options: WatchOptions,
                   deadline: Optional[float]) -> None:
     print(f"scalewatch watch: following {follower.path} ({state.readings} reading(s) so far)", file=out)
     _print_snapshot(state, out)
+    lines = _TensorLines(state, out)
     while _sleep_until_next(options, deadline):
         switched = _follow_newest(follower, options)
         if follower.check():
@@ -567,8 +777,6 @@ def _follow_plain(out: TextIO, state: LiveState, follower: HistoryFollower, opti
             _print_snapshot(state, out)
             continue
         for record in follower.read():
-            fired = state.add(record)
-            print(plain_line(record), file=out)
-            for a in fired:
-                print(plain_alert(a, record), file=out)
+            lines.add(record, state.add(record))
+        lines.flush()
         out.flush()

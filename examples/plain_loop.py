@@ -8,6 +8,11 @@ Matched pairs always reward a sharper softmax, so the optimizer keeps pushing th
 scale up; once the clamp holds it at ln 100 every update is undone, and ScaleWatcher
 reports it ``pinned``.
 
+People read ``logit_scale`` as the temperature exp(value), 100 at the cap, so it is
+watched with ``display="exp"``: report, plot and watch show exp(value) and the
+bounds as [1, 100], while readings, alerts, the raw value and its gradient stay in
+the ln units the optimizer sees.
+
     python examples/plain_loop.py --log-dir runs/clip              # TensorBoard + history + PNG
     python examples/plain_loop.py --log-dir runs/clip --grad-scaler --checkpoint runs/clip/ckpt.pt
     scalewatch report runs/clip
@@ -31,6 +36,7 @@ from open_clip.loss import ClipLoss
 from torch.utils.tensorboard import SummaryWriter
 
 from scalewatch.callbacks import ScaleWatcher
+from scalewatch.monitor import ScaleSpec
 from scalewatch.monitor.saturation import Alert
 
 #: open_clip's cap on the temperature: exp(logit_scale) <= 100
@@ -94,7 +100,8 @@ def train(log_dir: str, steps: int = 120, every_n_steps: int = 10, batch_size: i
     writer = SummaryWriter(log_dir) if tensorboard else None
     alerts: List[Alert] = []
     watcher = ScaleWatcher(model, log_dir=log_dir, every_n_steps=every_n_steps,
-                           params={"logit_scale": (0.0, LOGIT_SCALE_MAX)}, tensorboard=writer, wandb_run=wandb_run,
+                           params={"logit_scale": ScaleSpec(min=0.0, max=LOGIT_SCALE_MAX, display="exp")},
+                           tensorboard=writer, wandb_run=wandb_run,
                            alert_callback=alert_callback, grad_scaler=scaler)
     if state is not None:
         watcher.load_state_dict(state["watcher"])
