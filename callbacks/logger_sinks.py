@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from scalewatch.callbacks.tensorboard_crc import use_c_crc32c
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
-from scalewatch.dashboards.series import ScaleSeries
+from scalewatch.dashboards.tensor_series import TensorSeries
 from scalewatch.monitor.saturation import Alert
 
 log = logging.getLogger("scalewatch")
@@ -41,7 +41,7 @@ class ScaleSink:
     def alert(self, alert: Alert) -> None:
         """One alert, on rank zero."""
 
-    def log_figure(self, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+    def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
         """The plot (``final``: the end-of-training one)."""
 
     def flush(self) -> None:
@@ -94,7 +94,7 @@ class TensorBoardSink(ScaleSink):
             # few seconds: it waits on the writer thread) so the live view follows training.
             self.flush()
 
-    def log_figure(self, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+    def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
         self.writer.add_figure("scalewatch/plot", fig, global_step=step, close=False)
 
     def flush(self) -> None:
@@ -140,5 +140,5 @@ class WandbSink(ScaleSink):
         except Exception as err:  # an alert must never end training
             log.warning("scalewatch could not send a W&B alert: %s", err)
 
-    def log_figure(self, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+    def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
         wandb_charts.log_plot(self.run, fig, series, step, final=final, step_metric=self.step_metric)

@@ -33,7 +33,7 @@ from scalewatch.callbacks.logger_sinks import ScaleSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, check_positive_int
 from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher
 from scalewatch.dashboards import tensorboard_layout
-from scalewatch.dashboards.series import ScaleSeries
+from scalewatch.dashboards.tensor_series import TensorSeries
 from scalewatch.monitor.saturation import Alert
 
 __all__ = ["STATE_KEY", "ScaleMonitorHook"]
@@ -308,7 +308,7 @@ class RunnerSink(ScaleSink):
         for backend in _backends(self.runner, WandbVisBackend):
             WandbSink(backend.experiment).alert(alert)
 
-    def log_figure(self, fig: Any, series: List[ScaleSeries], step: int, final: bool) -> None:
+    def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
         import numpy as np
 
         fig.canvas.draw()
