@@ -172,13 +172,7 @@ def run_in_train(rounds: int, batch_size: int, root: str) -> Dict[str, Any]:
     t0 = time.perf_counter()
     trainer.train()
     train_wall = time.perf_counter() - t0
-    if len(timer.starts) < steps:
-        raise RuntimeError(f"only {len(timer.starts)} of {steps} steps were timed")
-    if monitor.watcher.checks != plan.count(MONITOR):  # one check in each of its blocks, no other
-        raise RuntimeError(f"{monitor.watcher.checks} checks in {plan.count(MONITOR)} callback blocks")
-    in_hook = {"hook_s_per_step": monitor.hook_s / (PERIOD * rounds), "checks": monitor.watcher.checks}
-    return dict(front_door.blocks_and_ratios(plan, timer.blocks(len(plan))), schedule=plan, in_hook=in_hook,
-                train_wall_s=train_wall, steps=steps)
+    return front_door.finished_run(plan, timer, monitor, rounds, steps, train_wall, unit="step")
 
 
 def run(rounds: int = 24, batch_size: int = 8, log: Callable[[str], None] = print) -> Dict[str, Any]:

@@ -41,6 +41,23 @@ def blocks_and_ratios(plan: List[str], per_block: Dict[str, List[float]]) -> Dic
     return {"blocks": blocks, "ratios": _ratios(blocks, [MONITOR])}
 
 
+def finished_run(plan: List[str], timer: Any, monitor: Any, rounds: int, steps: int, train_wall: float,
+                 unit: str) -> Dict[str, Any]:
+    """One interleaved run's blocks, ratios and in-hook account, after checking it ran as planned:
+    every step timed, and the monitor checked once in each of its blocks and nowhere else.
+
+    Raises:
+        RuntimeError: when the run did not follow ``plan``.
+    """
+    if len(timer.starts) < steps:
+        raise RuntimeError(f"only {len(timer.starts)} of {steps} {unit}s were timed")
+    if monitor.watcher.checks != plan.count(MONITOR):
+        raise RuntimeError(f"{monitor.watcher.checks} checks in {plan.count(MONITOR)} monitor blocks")
+    in_hook = {"hook_s_per_step": monitor.hook_s / (PERIOD * rounds), "checks": monitor.watcher.checks}
+    return dict(blocks_and_ratios(plan, timer.blocks(len(plan))), schedule=plan, in_hook=in_hook,
+                train_wall_s=train_wall, steps=steps)
+
+
 def result(one: Dict[str, Any], *, benchmark: str, label: str, comparison: str, what: str, method: str,
            config: Dict[str, Any]) -> Dict[str, Any]:
     """Rows (as ``bench_overhead``'s), the in-hook account and the target from one run's blocks.

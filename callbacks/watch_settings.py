@@ -7,7 +7,7 @@ the same message, which the door only re-raises as its framework's exception.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 from scalewatch.monitor.saturation import Alert, check_patience, check_warn_fraction
 from scalewatch.monitor.schedule import check_every_n_steps
@@ -19,9 +19,9 @@ ON_SATURATION = ("warn", "stop")
 MAX_LOGGED_ELEMENTS = 256
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -73,18 +73,8 @@ class WatchSettings:
         if self.plot_every_n_checks is not None:
             check_positive_int("plot_every_n_checks", self.plot_every_n_checks)
         check_positive_int("max_plot_panels", self.max_plot_panels)
-        if isinstance(self.max_logged_elements, bool) or not isinstance(self.max_logged_elements, int) \
-                or self.max_logged_elements < 0:
-            raise ValueError(f"`max_logged_elements` must be an integer >= 0, got {self.max_logged_elements!r}")
+        check_positive_int("max_logged_elements", self.max_logged_elements, minimum=0)
         self.notify_urls = _resolve_notify(self.notify)
-
-    def engine_kwargs(self) -> Dict[str, Any]:
-        """The keyword arguments of :class:`ScaleWatcher` these settings stand for."""
-        return dict(every_n_steps=self.every_n_steps, warn_fraction=self.warn_fraction, patience=self.patience,
-                    params=self.params, on_saturation=self.on_saturation, alert_callback=self.alert_callback,
-                    plot=self.plot, plot_every_n_checks=self.plot_every_n_checks,
-                    max_plot_panels=self.max_plot_panels, notify=self.notify,
-                    max_logged_elements=self.max_logged_elements)
 
 
 def _resolve_notify(notify: Any) -> Tuple[str, ...]:
