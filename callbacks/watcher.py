@@ -24,6 +24,7 @@ from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.monitor.gc_pause import gc_paused
 from scalewatch.monitor.reading import Reading
+from scalewatch.monitor.rules import SKIPPED_STEP
 from scalewatch.monitor.saturation import Alert, SaturationTracker, condition_masks
 from scalewatch.monitor.scale_reader import read_scales
 from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary, summarize
@@ -395,8 +396,11 @@ class ScaleWatcher:
                 wanted = set(self.summarised)
                 summaries = [t for t in summarize(readings, self.warn_fraction, grad_must_be_finite, masks=masks)
                              if t.tensor in wanted]
+            # A gradient scaler skips a step whose gradients overflowed: the record says so, so
+            # that a view re-judges the non-finite gradient as the engine did (no alert).
+            skipped = not grad_must_be_finite and not _all_grads_finite(readings)
             if self.is_global_zero:
-                self._record(step, readings, alerts, summaries)
+                self._record(step, readings, alerts, summaries, skipped)
         self.last_readings = readings
         if self.is_global_zero:
             if alerts:
@@ -411,7 +415,7 @@ class ScaleWatcher:
         return alerts
 
     def _record(self, step: int, readings: List[Reading], alerts: List[Alert],
-                summaries: Optional[List[TensorSummary]] = None) -> None:
+                summaries: Optional[List[TensorSummary]] = None, skipped_step: bool = False) -> None:
         if self.sinks:
             metrics = reading_metrics(readings, summaries)
             for sink in self.sinks:
@@ -420,8 +424,10 @@ class ScaleWatcher:
             fired: Dict[str, List[str]] = {}
             for a in alerts:
                 fired.setdefault(a.name, []).append(a.kind)
-            self.history.append_readings(readings, {"warn_fraction": self.warn_fraction, "patience": self.patience},
-                                         fired)
+            extra: Dict[str, Any] = {"warn_fraction": self.warn_fraction, "patience": self.patience}
+            if skipped_step:
+                extra[SKIPPED_STEP] = True
+            self.history.append_readings(readings, extra, fired)
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on
@@ -540,6 +546,13 @@ class ScaleWatcher:
     def __repr__(self) -> str:
         return (f"ScaleWatcher({len(self.scales)} scale(s), every_n_steps={self.every_n_steps}, "
                 f"log_dir={self.log_dir!r}, checks={self.checks})")
+
+
+def _all_grads_finite(readings: Sequence[Reading]) -> bool:
+    import numpy as np
+
+    grads = [r.grad for r in readings if r.grad is not None]
+    return bool(np.isfinite(np.asarray(grads, dtype=np.float64)).all())
 
 
 def _check_step(step: object) -> int:

@@ -21,7 +21,8 @@ from scalewatch.dashboards.history_columns import read_series
 from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, TensorReport, bounds_cell, fmt_number,
                                           group_summaries, js_number, near_bound_cell, shown_cell, source_json,
                                           table_lines)
-from scalewatch.dashboards.series import ScaleSeries, closeness, collect_series
+from scalewatch.dashboards.series import ScaleSeries, collect_series
+from scalewatch.monitor.rules import closeness, risk_key
 from scalewatch.dashboards.sources import CSV, HISTORY, TENSORBOARD, Source, SourceError, find_source
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history import ReadProblems
@@ -104,14 +105,12 @@ class Comparison:
         return {n: labels for n, labels in out.items() if len(labels) < len(self.runs)}
 
 
-def _risk(s: ScaleSummary) -> Tuple[int, float]:
-    """Sort key: alerted scales first, then by how close the scale came to a bound (0 = at it).
-
-    A one-sided scale's distance is taken from the bound it has (see :func:`closeness`).
-    """
+def _risk(s: ScaleSummary) -> Tuple[int, float, str]:
+    """Sort key (the rule book's :func:`~scalewatch.monitor.rules.risk_key`): alerted or non-finite
+    scales first, then by how close the scale came to a bound (0 = at it)."""
     if s.alerts or s.non_finite or not (math.isfinite(s.scale_min) and math.isfinite(s.scale_max)):
-        return 0, 0.0
-    return 1, min(closeness(s.scale_min, s.min, s.max), closeness(s.scale_max, s.min, s.max))
+        return risk_key(True, 0.0)
+    return risk_key(False, min(closeness(s.scale_min, s.min, s.max), closeness(s.scale_max, s.min, s.max)))
 
 
 # ---- reading the runs --------------------------------------------------------------------

@@ -26,8 +26,7 @@ from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound
 from scalewatch.dashboards.sources import HISTORY, Source
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history import ReadProblems
-from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.saturation import is_pinned, lower_warning, upper_warning
+from scalewatch.monitor.rules import NON_FINITE, PINNED, condition_columns, conditions, near_counts
 
 #: readings per block when summarising a stream of records
 BLOCK = 65536
@@ -79,18 +78,16 @@ class ScaleSummary(ScaleBounds):
         self.last_step = int(steps[-1])
         self.last_scale, self.last_raw, self.last_grad = float(scale[-1]), s.last_raw, s.last_grad
         finite = np.isfinite(scale)
-        self.non_finite += int(n - np.count_nonzero(finite))
+        self.non_finite += non_finite_readings(s)
         if finite.any():
             lo, hi = float(scale[finite].min()), float(scale[finite].max())
             self.scale_min = lo if math.isnan(self.scale_min) else min(self.scale_min, lo)
             self.scale_max = hi if math.isnan(self.scale_max) else max(self.scale_max, hi)
-        judged = np.where(finite, scale, np.nan)  # non-finite readings count as such, never as near a bound
         for start, end, lo_b, hi_b, w in s.bound_spans():
-            part = judged[start:end]
-            up, down = upper_warning(as_bound(hi_b), w), lower_warning(as_bound(lo_b), as_bound(hi_b), w)
-            # a one-sided scale has no warning line on its missing side: nothing counts there
-            self.near_upper += 0 if up is None else int(np.count_nonzero(part > up))
-            self.near_lower += 0 if down is None else int(np.count_nonzero(part < down))
+            # the rule book's lines; non-finite readings count as such, never as near a bound
+            up, down = near_counts(scale[start:end], lo_b, hi_b, w)
+            self.near_upper += up
+            self.near_lower += down
         self.alerts.extend(s.alerts)
 
     @property
@@ -101,8 +98,8 @@ class ScaleSummary(ScaleBounds):
     def pinned_now(self) -> bool:
         """Whether the last reading meets the ``pinned`` rule (before ``patience``): at a hard bound, stuck."""
         grad = None if math.isnan(self.last_grad) else self.last_grad
-        return is_pinned(Reading(step=self.last_step or 0, name=self.name, scale=self.last_scale, raw=self.last_raw,
-                                 grad=grad, min=as_bound(self.min), max=as_bound(self.max), bound=self.bound))
+        return conditions(self.last_scale, self.last_raw, grad, as_bound(self.min), as_bound(self.max),
+                          self.bound)[PINNED]
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-ready dict; non-finite numbers become ``null`` (so does a missing bound).
@@ -125,6 +122,20 @@ class ScaleSummary(ScaleBounds):
         if self.index is not None:
             out.update(tensor=self.tensor, index=self.index, pinned_now=self.pinned_now)
         return shown_json(out, self.display)
+
+
+def non_finite_readings(s: ScaleSeries) -> int:
+    """Readings of ``s`` where the rule book's ``non_finite`` holds: scale, raw or gradient (a series read
+    without raw values: the scale alone), a gradient on a step a gradient scaler skipped excepted."""
+    scale = np.asarray(s.scale, dtype=np.float64)
+    if not s.has_gradient:
+        return int(len(scale) - np.count_nonzero(np.isfinite(scale)))
+    raw, grad = np.asarray(s.raw, dtype=np.float64), np.asarray(s.grad, dtype=np.float64)
+    checked = np.ones(len(scale), dtype=bool)
+    checked[s.skipped] = False
+    held = condition_columns(scale, raw, grad, np.full(len(scale), s.grad_seen), np.nan, np.nan, False,
+                             s.warn_fraction, checked)
+    return int(np.count_nonzero(held[NON_FINITE]))
 
 
 def js_number(value: float) -> Optional[float]:

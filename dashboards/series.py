@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scalewatch.monitor.display import IDENTITY, display_value, format_range
-from scalewatch.monitor.saturation import lower_warning, upper_warning
+from scalewatch.monitor.rules import DEFAULT_WARN_FRACTION, SKIPPED_STEP, closeness, lower_warning, upper_warning
 
-DEFAULT_WARN_FRACTION = 0.9
+__all__ = ["DEFAULT_WARN_FRACTION", "ScaleBounds", "ScaleSeries", "as_bound", "as_float", "closeness",
+           "collect_series", "group_of"]
 
 
 def as_float(value: Any) -> float:
@@ -111,6 +112,10 @@ class ScaleSeries(ScaleBounds):
     bound_changes: List[BoundChange] = field(default_factory=list)
     last_raw: float = math.nan
     last_grad: float = math.nan
+    #: whether any reading had a gradient (``grad`` holds NaN both for none and for a NaN one)
+    grad_seen: bool = False
+    #: indices of readings taken on checks whose step a gradient scaler skipped (``skipped_step``)
+    skipped: List[int] = field(default_factory=list)
 
     def add(self, record: Dict[str, Any]) -> None:
         """Append one reading (the arrays must be ``array("d")``)."""
@@ -121,6 +126,10 @@ class ScaleSeries(ScaleBounds):
             self.bound_changes.append((len(self.steps), self.min, self.max, self.warn_fraction))
         scale = as_float(record.get("scale"))
         self.last_raw, self.last_grad = as_float(record.get("raw")), as_float(record.get("grad"))
+        if record.get("grad") is not None:
+            self.grad_seen = True
+        if record.get(SKIPPED_STEP):
+            self.skipped.append(len(self.steps))
         self.steps.append(float(record["step"]))
         self.scale.append(scale)
         self.raw.append(self.last_raw)
@@ -140,50 +149,6 @@ class ScaleSeries(ScaleBounds):
 
     def __len__(self) -> int:
         return len(self.steps)
-
-
-def closeness(scale: float, lo: float, hi: float) -> float:
-    """How far ``scale`` is from its nearest bound: 0 at a bound (or non-finite), 0.5 mid-range.
-
-    The distance is a share of the range ``hi - lo``; with one bound (the other NaN)
-    a share of that bound's magnitude (at least 1), so one-sided scales rank too.
-    """
-    if scale != scale or scale in (math.inf, -math.inf):
-        return 0.0
-    has_lo, has_hi = lo == lo, hi == hi
-    if has_lo and has_hi:
-        if hi <= lo:
-            return 0.0
-        return max(0.0, min(scale - lo, hi - scale) / (hi - lo))
-    if has_hi:
-        return max(0.0, (hi - scale) / max(abs(hi), 1.0))
-    if has_lo:
-        return max(0.0, (scale - lo) / max(abs(lo), 1.0))
-    return 1.0
-
-
-def closeness_to_bound(record: Dict[str, Any]) -> float:
-    """:func:`closeness` of a record's scale to its bounds."""
-    return closeness(as_float(record.get("scale")), as_float(record.get("min")), as_float(record.get("max")))
-
-
-class ScaleRanking:
-    """Orders scales most-at-risk first, fed one record at a time, per tensor.
-
-    Alerted tensors come first, then by the closest approach of any of their
-    elements to a bound. A single-value scale is its own tensor.
-    """
-
-    def __init__(self) -> None:
-        self._score: Dict[str, Tuple[int, float]] = {}
-
-    def add(self, rec: Dict[str, Any]) -> None:
-        key = group_of(rec)
-        alerted, closest = self._score.get(key, (0, 1.0))
-        self._score[key] = (alerted or int(bool(rec.get("alerts"))), min(closest, closeness_to_bound(rec)))
-
-    def ranked(self) -> List[str]:
-        return sorted(self._score, key=lambda n: (-self._score[n][0], self._score[n][1], n))
 
 
 def collect_series(records: Iterable[Dict[str, Any]], names: Optional[Iterable[str]] = None) -> Dict[str, ScaleSeries]:

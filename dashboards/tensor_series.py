@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable, List, Tuple
 import numpy as np
 
 from scalewatch.dashboards.element_groups import ElementGroup, grouped
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, closeness
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries
+from scalewatch.monitor.rules import AT_BOUND_RTOL, closeness, outside_columns, risk_key
 from scalewatch.monitor.display import EXP, IDENTITY, check_display
 
 
@@ -22,26 +23,19 @@ def values(buffer: Any) -> np.ndarray:
     return np.asarray(buffer, dtype=np.float64)
 
 
-#: a raw value this close to a bound (relative, a few float32 ulps) is at it, not beyond: the saturation rules' margin
-AT_BOUND_RTOL = 4 * 2.0 ** -23
-
-
 def outside_mask(s: ScaleSeries) -> np.ndarray:
-    """Per reading, whether the raw parameter was outside its hard bounds (each judged by its own bounds).
+    """Per reading, whether the raw parameter was beyond its hard bounds (each judged by its own bounds).
 
-    A missing (NaN) bound is never crossed, and a float32 raw value clamped onto a
-    float64 bound (open_clip's ``clamp_``) is at it, not outside. Soft bounds never
-    cut the gradient: all False; so for series read without raw values.
+    The rule book's :func:`~scalewatch.monitor.rules.outside_columns`: a missing (NaN) bound is
+    never crossed, a float32 raw value clamped onto a float64 bound is at it, not outside. Soft
+    bounds never cut the gradient: all False; so for series read without raw values.
     """
     if s.bound != "hard" or not s.has_gradient:
         return np.zeros(len(s), dtype=bool)
     raw = values(s.raw)
     outside = np.zeros(len(raw), dtype=bool)
     for first, end, lo, hi, _ in s.bound_spans():
-        part = raw[first:end]
-        # NaN compares False: unknown is not outside
-        outside[first:end] = (part > hi + AT_BOUND_RTOL * max(abs(hi), 1.0)) | \
-            (part < lo - AT_BOUND_RTOL * max(abs(lo), 1.0))
+        outside[first:end] = outside_columns(raw[first:end], lo, hi)
     return outside
 
 
@@ -134,13 +128,10 @@ def group_series(series: Iterable[ScaleSeries]) -> List[TensorSeries]:
     return grouped(TensorSeries.of, series)
 
 
-def risk(t: TensorSeries) -> Tuple[int, float]:
-    """Sort key, most at risk first: ``(0 if any element alerted else 1, closest approach to a bound)``.
-
-    The approach is :func:`~scalewatch.dashboards.series.closeness` of each
-    element's smallest and largest value to its bounds (0 at a bound; a
-    non-finite value counts as at it).
-    """
+def risk(t: TensorSeries) -> Tuple[int, float, str]:
+    """Sort key, most at risk first (the rule book's :func:`~scalewatch.monitor.rules.risk_key`):
+    any element alerted, then the closest approach of an element's smallest or largest value
+    to its bounds (a non-finite value counts as at it), then the name."""
     closest = 1.0
     for e in t.elements:
         v = values(e.scale)
@@ -150,12 +141,12 @@ def risk(t: TensorSeries) -> Tuple[int, float]:
             closest = 0.0
             break
         closest = min(closest, closeness(float(v.min()), e.min, e.max), closeness(float(v.max()), e.min, e.max))
-    return (0 if any(e.alerts for e in t.elements) else 1), closest
+    return risk_key(any(e.alerts for e in t.elements), closest, t.name)
 
 
 def rank(tensors: Iterable[TensorSeries]) -> List[TensorSeries]:
     """``tensors`` most at risk first (alerted, then closest to a bound), then by name."""
-    return sorted(tensors, key=lambda t: (*risk(t), t.name))
+    return sorted(tensors, key=risk)
 
 
 def element_label(e: ScaleSeries) -> str:

@@ -28,12 +28,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION, as_float, closeness_to_bound
+from scalewatch.dashboards.series import as_float
 from scalewatch.monitor.display import IDENTITY, display_value, format_range
 from scalewatch.monitor.history import parse_record
-from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.saturation import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, is_pinned, lower_warning,
-                                           upper_warning)
+from scalewatch.monitor import rules
+from scalewatch.monitor.rules import (ALERT_KINDS, NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, lower_warning,
+                                      record_closeness, record_conditions, record_warn_fraction, risk_key,
+                                      upper_warning)
 
 SPARK_WIDTH = 30
 BAR_WIDTH = 24
@@ -171,28 +172,11 @@ class LiveState:
 
 
 def holding_now(record: Dict[str, Any]) -> List[str]:
-    """The saturation conditions that hold at this reading (``pinned``: at this check alone).
+    """The conditions that hold at this reading (``pinned``: at this check alone), as the engine judged it.
 
     A missing (``null``) bound takes no part: a one-sided scale is never ``near`` its missing side.
     """
-    scale, raw = as_float(record.get("scale")), as_float(record.get("raw"))
-    lo, hi = record.get("min"), record.get("max")
-    grad = None if record.get("grad") is None else as_float(record.get("grad"))
-    w = as_float(record.get("warn_fraction"))
-    w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
-    if not (math.isfinite(scale) and math.isfinite(raw)) or (grad is not None and not math.isfinite(grad)):
-        return [NON_FINITE]
-    held = []
-    up, down = upper_warning(hi, w), lower_warning(lo, hi, w)
-    if up is not None and scale > up:
-        held.append(NEAR_UPPER)
-    if down is not None and scale < down:
-        held.append(NEAR_LOWER)
-    reading = Reading(step=int(record["step"]), name=str(record["name"]), scale=scale, raw=raw, grad=grad,
-                      min=lo, max=hi, bound=str(record.get("bound") or "hard"))
-    if is_pinned(reading):
-        held.append(PINNED)
-    return held
+    return record_conditions(record)
 
 
 def _display(record: Dict[str, Any]) -> str:
@@ -227,12 +211,12 @@ class Row:
 
     @property
     def kinds(self) -> List[str]:
-        return [k for k in (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE) if k in self.held]
+        return [k for k in ALERT_KINDS if k in self.held]
 
     @property
-    def risk(self) -> Tuple[bool, float, str]:
-        """Sort key: rows holding a condition first, then the closest to a bound."""
-        return not self.held, closeness_to_bound(self.record), self.name
+    def risk(self) -> Tuple[int, float, str]:
+        """Sort key: rows holding a condition first, then the closest to a bound (the rule book's order)."""
+        return risk_key(bool(self.held), record_closeness(self.record), self.name)
 
     def status(self) -> List[str]:
         """Lines for the state column: ``pinned``; for a tensor ``[5] pinned`` or ``3 pinned``."""
@@ -262,8 +246,8 @@ def rows_of(scales: List[LiveScale]) -> List[Row]:
         for s in members:
             for k in holding_now(s.last):
                 held.setdefault(k, []).append(s.name)
-        lead = min(members, key=lambda s: (not any(s.name in v for v in held.values()),
-                                            closeness_to_bound(s.last)))
+        lead = min(members, key=lambda s: risk_key(any(s.name in v for v in held.values()),
+                                                   record_closeness(s.last)))
         rows.append(Row(name=name, record=lead.last, recent=list(lead.recent), elements=len(members),
                         band=_range(s.last.get("scale") for s in members),
                         raw_band=_range(s.last.get("raw") for s in members),
@@ -320,8 +304,7 @@ def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH,
     """Cell kinds across ``[min, max]`` (``ok``/``warn``, ``band`` for a tensor's span), the value's cell,
     and raw's side (``<``, ``>`` or ``''``). All in shown units."""
     raw_lo, raw_hi = record.get("min"), record.get("max")
-    w = as_float(record.get("warn_fraction"))
-    w = DEFAULT_WARN_FRACTION if not math.isfinite(w) else w
+    w = record_warn_fraction(record)
     up, down = _shown(record, upper_warning(raw_hi, w)), _shown(record, lower_warning(raw_lo, raw_hi, w))
     lo, hi = bar_range(record)
     cells = []
@@ -340,10 +323,8 @@ def bar_cells(record: Dict[str, Any], width: int = BAR_WIDTH,
 
 def raw_side(record: Dict[str, Any]) -> str:
     """``>`` when the raw parameter is beyond a hard upper bound, ``<`` below a hard lower one, else ``''``."""
-    raw, lo, hi = as_float(record.get("raw")), record.get("min"), record.get("max")
-    if record.get("bound", "hard") != "hard" or not math.isfinite(raw):
-        return ""
-    return ">" if hi is not None and raw > hi else "<" if lo is not None and raw < lo else ""
+    return rules.raw_side(as_float(record.get("raw")), record.get("min"), record.get("max"),
+                          str(record.get("bound") or "hard"))
 
 
 def _end_labels(record: Dict[str, Any]) -> Tuple[str, str]:

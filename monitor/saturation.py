@@ -1,31 +1,26 @@
-"""Saturation rules and the alert state that turns them into one alert per crossing."""
+"""The alert state that turns the rule book's conditions into one alert per crossing.
+
+The rules themselves live in :mod:`scalewatch.monitor.rules`; their names are
+re-exported here for code that imported them from this module.
+"""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from scalewatch.monitor.display import IDENTITY, display_value, format_range
+from scalewatch.monitor.rules import (ALERT_KINDS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, NEAR_LOWER, NEAR_UPPER,
+                                      NON_FINITE, PINNED, ZERO_GRAD_ATOL, is_pinned, lower_warning, reading_columns,
+                                      reading_conditions, upper_warning)
 from scalewatch.monitor.validation import check_finite_number
+
+# Below this many readings the per-reading rules are faster than numpy's set-up.
+_VECTORISE_FROM = 64
 
 if TYPE_CHECKING:  # torch-free at run time: the command line imports these rules
     import numpy
 
     from scalewatch.monitor.reading import Reading
-
-NEAR_UPPER = "near_upper"
-NEAR_LOWER = "near_lower"
-PINNED = "pinned"
-NON_FINITE = "non_finite"
-ALERT_KINDS = (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE)
-
-# A raw value this close to a bound (relative, a few float32 ulps) counts as at it.
-_AT_BOUND_RTOL = 4 * 2.0 ** -23
-# A gradient this small counts as zero: a saturated softmax leaves float rounding
-# noise of either sign (1e-27 and the like) where the true gradient vanishes.
-ZERO_GRAD_ATOL = 1e-12
-# Below this many readings the per-reading rules are faster than numpy's set-up.
-_VECTORISE_FROM = 64
 
 
 def check_warn_fraction(warn_fraction: object) -> float:
@@ -39,50 +34,6 @@ def check_patience(patience: object) -> int:
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
         raise ValueError(f"`patience` must be an integer >= 1, got {patience!r}")
     return patience
-
-
-def upper_warning(max_scale: Optional[float], warn_fraction: float) -> Optional[float]:
-    """``near_upper`` fires above this: the original rule, ``scale > 0.9 * max_scale``.
-
-    ``None`` without an upper bound (a one-sided scale has no ``near_upper``).
-    """
-    return None if max_scale is None else warn_fraction * max_scale
-
-
-def lower_warning(min_scale: Optional[float], max_scale: Optional[float], warn_fraction: float) -> Optional[float]:
-    """``near_lower`` fires below this: the same margin as the upper rule, from the bottom.
-
-    Two-sided: ``min + (1 - w)(max - min)``. With only a lower bound the margin is
-    taken from the bound itself, ``min + (1 - w)|min|`` (the mirror of ``w * max``),
-    so a lower bound of 0 warns only by ``pinned``. ``None`` without a lower bound.
-    """
-    if min_scale is None:
-        return None
-    if max_scale is None:
-        return min_scale + (1.0 - warn_fraction) * abs(min_scale)
-    return min_scale + (1.0 - warn_fraction) * (max_scale - min_scale)
-
-
-def _at_or_beyond(raw: float, bound: float, upper: bool) -> bool:
-    tol = _AT_BOUND_RTOL * max(abs(bound), 1.0)
-    return raw >= bound - tol if upper else raw <= bound + tol
-
-
-def is_pinned(r: Reading) -> bool:
-    """The raw parameter is at/beyond a hard bound and its gradient cannot bring it back.
-
-    With gradient descent a parameter moves against its gradient, so at the upper
-    bound a gradient <= 0 keeps it there or pushes it further out (zero is what a
-    clamp in forward gives); at the lower bound, a gradient >= 0. Gradients within
-    ``ZERO_GRAD_ATOL`` of zero count as zero. Only the bounds that exist count.
-    """
-    if r.bound != "hard" or r.grad is None or not (math.isfinite(r.raw) and math.isfinite(r.grad)):
-        return False
-    if r.max is not None and _at_or_beyond(r.raw, r.max, upper=True):
-        return r.grad <= ZERO_GRAD_ATOL
-    if r.min is not None and _at_or_beyond(r.raw, r.min, upper=False):
-        return r.grad >= -ZERO_GRAD_ATOL
-    return False
 
 
 @dataclass(frozen=True)
@@ -129,42 +80,8 @@ def _message(kind: str, r: Reading, warn_fraction: float, patience: int) -> str:
 
 def condition_masks(readings: Sequence[Reading], warn_fraction: float,
                     grad_must_be_finite: bool = True) -> Dict[str, "numpy.ndarray"]:
-    """The saturation conditions of many readings at once, as boolean numpy arrays.
-
-    The same rules as :meth:`SaturationTracker.conditions` (``pinned`` at this reading
-    alone, before ``patience``), computed column-wise: a check of 16k per-head
-    readings pays a few list comprehensions instead of 16k rule evaluations.
-
-    Returns:
-        ``{kind: mask}`` for every kind in :data:`ALERT_KINDS`, each of length ``len(readings)``.
-    """
-    import numpy as np  # only here: the command line starts without numpy
-
-    def column(values: List[Optional[float]]) -> "numpy.ndarray":
-        return np.array(values, dtype=np.float64)  # None -> NaN
-
-    scale = column([r.scale for r in readings])
-    raw = column([r.raw for r in readings])
-    grad_list = [r.grad for r in readings]
-    grad = column(grad_list)
-    has_grad = np.array([g is not None for g in grad_list], dtype=bool)
-    lo_list, hi_list = [r.min for r in readings], [r.max for r in readings]
-    lo, hi = column(lo_list), column(hi_list)
-    has_lo = np.array([v is not None for v in lo_list], dtype=bool)
-    has_hi = np.array([v is not None for v in hi_list], dtype=bool)
-    hard = np.array([r.bound == "hard" for r in readings], dtype=bool)
-    w = warn_fraction
-    with np.errstate(invalid="ignore", over="ignore"):
-        near_upper = has_hi & (scale > w * hi)
-        lower = np.where(has_hi, lo + (1.0 - w) * (hi - lo), lo + (1.0 - w) * np.abs(lo))
-        near_lower = has_lo & (scale < lower)
-        raw_ok, grad_ok = np.isfinite(raw), np.isfinite(grad)
-        non_finite = ~raw_ok | ~np.isfinite(scale) | (has_grad & ~grad_ok & grad_must_be_finite)
-        at_upper = has_hi & (raw >= hi - _AT_BOUND_RTOL * np.maximum(np.abs(hi), 1.0))
-        at_lower = ~at_upper & has_lo & (raw <= lo + _AT_BOUND_RTOL * np.maximum(np.abs(lo), 1.0))
-        pinned = hard & has_grad & raw_ok & grad_ok & ((at_upper & (grad <= ZERO_GRAD_ATOL))
-                                                       | (at_lower & (grad >= -ZERO_GRAD_ATOL)))
-    return {NEAR_UPPER: near_upper, NEAR_LOWER: near_lower, PINNED: pinned, NON_FINITE: non_finite}
+    """The saturation conditions of one check's readings at once: :func:`~scalewatch.monitor.rules.reading_columns`."""
+    return reading_columns(readings, warn_fraction, grad_must_be_finite)
 
 
 class SaturationTracker:
@@ -185,7 +102,7 @@ class SaturationTracker:
         alerts = tracker.update_all(read_scales(scales, step))
     """
 
-    def __init__(self, warn_fraction: float = 0.9, patience: int = 3) -> None:
+    def __init__(self, warn_fraction: float = DEFAULT_WARN_FRACTION, patience: int = DEFAULT_PATIENCE) -> None:
         self.warn_fraction = check_warn_fraction(warn_fraction)
         self.patience = check_patience(patience)
         # name -> kinds currently active (fired and not yet cleared); no empty lists
@@ -194,15 +111,8 @@ class SaturationTracker:
         self._pinned_streak: Dict[str, int] = {}
 
     def conditions(self, r: Reading, grad_must_be_finite: bool = True) -> Dict[str, bool]:
-        w = self.warn_fraction
-        grad_bad = grad_must_be_finite and r.grad is not None and not math.isfinite(r.grad)
-        up, down = upper_warning(r.max, w), lower_warning(r.min, r.max, w)
-        return {
-            NEAR_UPPER: up is not None and r.scale > up,
-            NEAR_LOWER: down is not None and r.scale < down,
-            PINNED: is_pinned(r),
-            NON_FINITE: (not math.isfinite(r.raw)) or (not math.isfinite(r.scale)) or grad_bad,
-        }
+        """The rule book's conditions of one reading (:func:`~scalewatch.monitor.rules.reading_conditions`)."""
+        return reading_conditions(r, self.warn_fraction, grad_must_be_finite)
 
     def update(self, r: Reading, grad_must_be_finite: bool = True) -> List[Alert]:
         """Apply the rules to one reading; return the alerts that fire now.
@@ -275,3 +185,8 @@ class SaturationTracker:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self._active = {k: list(v) for k, v in state.get("active", {}).items() if v}
         self._pinned_streak = {k: int(v) for k, v in state.get("pinned_streak", {}).items() if int(v)}
+
+
+__all__ = ["ALERT_KINDS", "Alert", "NEAR_LOWER", "NEAR_UPPER", "NON_FINITE", "PINNED", "SaturationTracker",
+           "ZERO_GRAD_ATOL", "check_patience", "check_warn_fraction", "condition_masks", "is_pinned",
+           "lower_warning", "upper_warning"]

@@ -187,4 +187,5 @@ def test_live_state_and_conditions_follow_the_rules(run):
     assert "near_lower" in holding_now(state.scales[DOWN].last)
     assert state.alert_count == sum(len(r["alerts"]) for r in iter_history(run["history"]))
     nan = dict(last, raw=math.nan)
-    assert holding_now(nan) == ["non_finite"]
+    # As the engine judges it (one rule book): the scale is still near its bound, the raw value is not finite.
+    assert holding_now(nan) == ["near_upper", "non_finite"]
