@@ -113,7 +113,7 @@ def plain_loop(log_dir, scaler=None, loss_multiplier=1.0, steps=12, every_n_step
     return dict(alerts=alerts, taken=taken)
 
 
-def test_plain_loop_overflow_is_a_skipped_step_not_an_alert(tmp_path):
+def test_plain_loop_overflow_is_a_skipped_step_not_an_alert(tmp_path, capsys):
     scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
     run = plain_loop(tmp_path, scaler=scaler)
     assert run["taken"] == [False] * OVERFLOWS + [True] * (12 - OVERFLOWS)  # the scaler skipped steps 0..6
@@ -121,14 +121,45 @@ def test_plain_loop_overflow_is_a_skipped_step_not_an_alert(tmp_path):
     rows = lines(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 3, 5, 7, 9, 11]
     assert_skips_recorded(rows, skipped=[1, 3, 5], alerts=run["alerts"])
+    # the views re-judge the record as the engine did: the skipped checks are no non-finite readings
+    series = dashboard_series(str(tmp_path))
+    assert series.skipped == [0, 1, 2] and non_finite_readings(series) == 0
+    (scale,) = report_json(str(tmp_path), capsys)["scales"]
+    assert scale["alerts"] == []
 
 
-def test_plain_loop_without_a_scaler_the_same_overflow_is_non_finite(tmp_path):
+def dashboard_series(run_dir: str):
+    """The dashboards' series of the one scale, gradients read (as the plot reads them)."""
+    from scalewatch.dashboards.series import collect_series
+    from scalewatch.monitor import iter_history
+
+    (series,) = collect_series(iter_history(os.path.join(run_dir, HISTORY_FILENAME))).values()
+    return series
+
+
+def non_finite_readings(series) -> int:
+    from scalewatch.dashboards.report import non_finite_readings as count
+
+    return count(series)
+
+
+def report_json(run_dir: str, capsys) -> Dict[str, Any]:
+    from scalewatch.dashboards.cli import main
+
+    capsys.readouterr()
+    assert main(["report", run_dir, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plain_loop_without_a_scaler_the_same_overflow_is_non_finite(tmp_path, capsys):
     """The contrast: a huge loss multiplier and no scaler to skip the step: that is divergence."""
     run = plain_loop(tmp_path, loss_multiplier=INIT_SCALE, steps=1, every_n_steps=1)
     assert [(a.kind, a.step) for a in run["alerts"]] == [("non_finite", 0)]
     (row,) = lines(str(tmp_path))
     assert row["alerts"] == ["non_finite"] and "skipped_step" not in row and not math.isfinite(row["grad"])
+    assert non_finite_readings(dashboard_series(str(tmp_path))) == 1
+    (scale,) = report_json(str(tmp_path), capsys)["scales"]
+    assert [a["kind"] for a in scale["alerts"]] == ["non_finite"]
 
 
 # ---- Lightning -------------------------------------------------------------------------------------
