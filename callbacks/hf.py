@@ -10,7 +10,6 @@ checkpoint (the checkpoint's ``trainer_state.json``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 import sys
@@ -27,8 +26,9 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError(INSTALL_HINT) from err
 
 from scalewatch.callbacks.logger_sinks import ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
-from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
+from scalewatch.callbacks.watcher import ScaleWatcher
+from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
 __all__ = ["STATE_KEY", "ScaleMonitorCallback"]
@@ -44,6 +44,7 @@ HF_WANDB_STEP_METRIC = "train/global_step"
 INTEGRATIONS: Tuple[type, ...] = tuple(INTEGRATION_TO_CALLBACK.values())
 
 
+@document_settings
 class ScaleMonitorCallback(TrainerCallback):
     r"""Record bounded scales every N optimizer steps of an HF ``Trainer``, alert when they saturate, plot them.
 
@@ -76,18 +77,7 @@ class ScaleMonitorCallback(TrainerCallback):
     Args:
         every_n_steps: read every N optimizer steps; default: the Trainer's
             ``logging_steps`` (a ratio < 1 as HF resolves it).
-        warn_fraction: ``near_upper`` fires when ``scale > warn_fraction * max``,
-            ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
-        patience: consecutive checks a scale must be pinned before ``pinned`` fires.
-        params: bare parameters to watch, ``{"logit_scale": (0.0, 4.6052)}``.
-        on_saturation: ``"warn"`` only alerts; ``"stop"`` also sets
-            ``control.should_training_stop`` at the step an alert fires.
-        alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
-        plot: write ``scale_history.png`` at the end and send it to TensorBoard and W&B.
-        plot_every_n_checks: also send the plot to the loggers every K checks.
-        max_plot_panels: how many scales the plot draws (those closest to a bound).
-        max_logged_elements: the per-element key cap for per-head scales (see ``ScaleWatcher``).
-        notify: notification URL(s) for alerts (apprise); ``None`` reads ``SCALEWATCH_NOTIFY``.
+        {settings}
 
     Raises:
         ValueError: on a bad argument (named, with its value) here, and when training
@@ -104,22 +94,18 @@ class ScaleMonitorCallback(TrainerCallback):
     def __init__(
         self,
         every_n_steps: Optional[int] = None,
-        warn_fraction: float = 0.9,
-        patience: int = 3,
+        warn_fraction: float = DEFAULT_WARN_FRACTION,
+        patience: int = DEFAULT_PATIENCE,
         params: Optional[Dict[str, Any]] = None,
         on_saturation: str = "warn",
         alert_callback: Optional[Callable[[Alert], None]] = None,
         plot: bool = True,
         plot_every_n_checks: Optional[int] = None,
-        max_plot_panels: int = 6,
+        max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
     ) -> None:
-        self.settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction, patience=patience,
-                                      params=params, on_saturation=on_saturation, alert_callback=alert_callback,
-                                      plot=plot, plot_every_n_checks=plot_every_n_checks,
-                                      max_plot_panels=max_plot_panels, notify=notify,
-                                      max_logged_elements=max_logged_elements)
+        self.settings = WatchSettings.from_arguments(locals())
         self.watcher: Optional[ScaleWatcher] = None
         self._handler: Optional[CallbackHandler] = None
         self._start_at: Optional[int] = None  # the step the record starts at, once the loggers exist
@@ -136,24 +122,19 @@ class ScaleMonitorCallback(TrainerCallback):
                         "to the history file only, not to the report_to integrations")
         if self.watcher is not None:
             self.watcher.close()  # a train() that ended without on_train_end (an exception)
-        n = self.settings.every_n_steps or int(state.logging_steps or 0) or DEFAULT_EVERY_N_STEPS
         # first_step=1: HF numbers a step by its global_step once taken, and logs the loss there.
-        watcher = ScaleWatcher(model, settings=dataclasses.replace(self.settings, every_n_steps=n),
-                               is_global_zero=state.is_world_process_zero, first_step=1)
-        watcher.log_dir = os.path.abspath(args.output_dir)  # the checkpointed history path must survive a cd
-        saved = state.stateful_callbacks.get(STATE_KEY) if state.global_step > 0 else None
-        if saved:  # resumed from a checkpoint this callback wrote into
-            watcher.load_state_dict(saved)
-        self.watcher = watcher
+        self.watcher = ScaleWatcher(model, settings=self.settings, is_global_zero=state.is_world_process_zero,
+                                    first_step=1, door_every_n_steps=int(state.logging_steps or 0) or None)
         self._start_at = state.global_step + 1
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # The first step, not on_train_begin: that may run before the integrations' own
         # on_train_begin has made their TensorBoard writer / W&B run (see _find_place).
         if self._start_at is not None and self.watcher is not None:
-            if state.is_world_process_zero:
-                self.watcher.sinks = self._sinks(args, state, control)
-            self.watcher.start(self._start_at)
+            # abspath: the checkpointed history path must survive a cd
+            self.watcher.attach(log_dir=os.path.abspath(args.output_dir), loggers=self._sinks(args, state, control))
+            # a checkpoint this callback wrote into (trainer_state.json) is continued when resuming
+            self.watcher.begin(self._start_at, state.stateful_callbacks.get(STATE_KEY))
             self._start_at = None
 
     # ---- reading ------------------------------------------------------------------------
@@ -164,14 +145,13 @@ class ScaleMonitorCallback(TrainerCallback):
         watcher = self.watcher
         if watcher is None:
             return
-        checks = watcher.checks
         # A GradScaler (fp16) skips its overflow steps: non-finite gradients there are by design.
-        watcher.step(state.global_step + 1, grad_must_be_finite=getattr(optimizer, "scaler", None) is None)
-        if watcher.checks == checks:
-            return  # not a check step
+        result = watcher.step(state.global_step + 1, grad_must_be_finite=getattr(optimizer, "scaler", None) is None)
+        if not result.read:
+            return
         # Saved with trainer_state.json by every checkpoint from here on.
         state.stateful_callbacks[STATE_KEY] = watcher.state_dict()
-        if watcher.should_stop:
+        if result.stop:
             control.should_training_stop = True
 
     # ---- the end ------------------------------------------------------------------------

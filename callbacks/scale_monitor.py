@@ -7,21 +7,22 @@ checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from scalewatch.callbacks import lightning_compat as compat
 from scalewatch.callbacks.lightning_compat import MisconfigurationException
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher, metric_key
 from scalewatch.dashboards.filenames import PLOT_FILENAME
+from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert, SaturationTracker
 from scalewatch.monitor.watched_scale import WatchedScale
 
 __all__ = ["DEFAULT_EVERY_N_STEPS", "MisconfigurationException", "PLOT_FILENAME", "ScaleMonitor", "metric_key"]
 
 
+@document_settings
 class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
     r"""Record bounded scales every N optimizer steps, alert when they saturate, plot them.
 
@@ -45,33 +46,8 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
     Args:
         every_n_steps: read every N optimizer steps; default: the trainer's
             ``log_every_n_steps``, so readings sit on the loss curve's steps.
-        warn_fraction: ``near_upper`` fires when ``scale > warn_fraction * max``,
-            ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
-        patience: consecutive checks a scale must be pinned (raw at/beyond a bound
-            with a gradient that cannot bring it back) before ``pinned`` fires.
-        params: bare parameters to watch, ``{"logit_scale": (0.0, 4.6052)}``:
-            a name from ``named_parameters()`` (or buffers), or an fnmatch pattern
-            (``"*.attn.logit_scale"``), -> ``(min, max)`` (either may be ``None``:
-            one-sided), or ``{"min": ..., "max": ..., "display": "exp"}`` /
-            :class:`~scalewatch.monitor.ScaleSpec` for a log-parametrised scale.
-            A multi-element parameter is watched element by element (``NAME[i]``).
-        on_saturation: ``"warn"`` only alerts; ``"stop"`` also ends training
-            cleanly at the step an alert fires.
-        alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
+        {settings}
         progress_bar: show the current scale in the progress bar.
-        plot: write ``scale_history.png`` in the log directory at the end of fit and
-            on an exception, and send it to TensorBoard and W&B.
-        plot_every_n_checks: also send the plot to the loggers every K checks.
-        max_plot_panels: how many scales the plot draws (those closest to a bound
-            or alerted); the rest are counted in its title.
-        notify: apprise URL(s) alerts are sent to (Slack, ntfy, email, JSON webhooks,
-            ...): one string or a list; ``None`` reads ``SCALEWATCH_NOTIFY`` (URLs
-            separated by spaces or commas; keeps the secret out of code, YAML and the
-            saved config), ``[]`` sends nothing. One message per check, sent from a
-            background thread; the end of fit waits at most 10 s for pending ones.
-        max_logged_elements: per-head (multi-element) scales are logged element by
-            element while they hold at most this many elements in all, beyond it as
-            one summary per tensor (see :class:`ScaleWatcher`); the history keeps all.
         state_key_suffix: tells two monitors on one trainer apart in checkpoints.
 
     Raises:
@@ -92,25 +68,21 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
     def __init__(
         self,
         every_n_steps: Optional[int] = None,
-        warn_fraction: float = 0.9,
-        patience: int = 3,
+        warn_fraction: float = DEFAULT_WARN_FRACTION,
+        patience: int = DEFAULT_PATIENCE,
         params: Optional[Dict[str, Any]] = None,
         on_saturation: str = "warn",
         alert_callback: Optional[Callable[[Alert], None]] = None,
         progress_bar: bool = True,
         plot: bool = True,
         plot_every_n_checks: Optional[int] = None,
-        max_plot_panels: int = 6,
+        max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
         state_key_suffix: str = "",
     ) -> None:
         try:
-            self.settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction,
-                                          patience=patience, params=params, on_saturation=on_saturation,
-                                          alert_callback=alert_callback, plot=plot,
-                                          plot_every_n_checks=plot_every_n_checks, max_plot_panels=max_plot_panels,
-                                          notify=notify, max_logged_elements=max_logged_elements)
+            self.settings = WatchSettings.from_arguments(locals())
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
         self.every_n_steps = self.settings.every_n_steps
@@ -163,33 +135,24 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         if stage != "fit":
             return
         if self.watcher is not None:
-            self._earlier = self.watcher.state_dict()
-        n = self.settings.every_n_steps or trainer.log_every_n_steps or DEFAULT_EVERY_N_STEPS
+            self._earlier = self.watcher.state_dict()  # another fit() of the same trainer may go on
         try:
-            self.watcher = ScaleWatcher(pl_module, settings=dataclasses.replace(self.settings, every_n_steps=n),
-                                        is_global_zero=trainer.is_global_zero)
+            self.watcher = ScaleWatcher(pl_module, settings=self.settings, is_global_zero=trainer.is_global_zero,
+                                        door_every_n_steps=trainer.log_every_n_steps)
         except ValueError as err:
             raise MisconfigurationException(str(err)) from err
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # trainer.log_dir is a collective under DDP: every rank asks.
         log_dir = trainer.log_dir or trainer.default_root_dir
-        if self.watcher is None:
-            return
-        self.watcher.log_dir = log_dir
-        if trainer.is_global_zero:  # other ranks neither write nor alert
-            self.watcher.sinks = [_sink(logger) for logger in trainer.loggers]
+        if self.watcher is not None:
+            self.watcher.attach(log_dir=log_dir, loggers=[_sink(logger) for logger in trainer.loggers])
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Runs after a checkpoint's state was restored, whatever the strategy.
-        if self.watcher is None:
-            return
-        if self._loaded is not None:
-            self.watcher.load_state_dict(self._loaded)
-        elif self._earlier is not None and trainer.global_step > 0:
-            self.watcher.load_state_dict(self._earlier)  # another fit() of the same trainer goes on
+        if self.watcher is not None:
+            self.watcher.begin(trainer.global_step, self._loaded if self._loaded is not None else self._earlier)
         self._loaded = self._earlier = None
-        self.watcher.start(trainer.global_step)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -197,14 +160,12 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         watcher = self.watcher
         if watcher is None:
             return
-        step = trainer.global_step
-        checks = watcher.checks
-        alerts = watcher.step(step, grad_must_be_finite=not compat.grad_scaler_active(trainer))
-        if watcher.checks == checks:
-            return  # not a check step
+        result = watcher.step(trainer.global_step, grad_must_be_finite=not compat.grad_scaler_active(trainer))
+        if not result.read:
+            return
         if self.progress_bar:
             self._show_in_progress_bar(trainer)
-        if alerts and watcher.should_stop and not trainer.should_stop:
+        if result.stop and not trainer.should_stop:
             trainer.should_stop = True
 
     def _show_in_progress_bar(self, trainer: Any) -> None:
@@ -212,7 +173,11 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         # `self.log(..., prog_bar=True)` would cost ~1 ms a check and, for a float, a
         # host-to-device copy on a GPU.
         readings = self.watcher.last_readings if self.watcher is not None else []
-        shown = trainer.progress_bar_metrics
+        # The connector's dict itself: the `trainer.progress_bar_metrics` property first walks every
+        # value logged this step (a detach each, an `.item()` each for prog_bar ones: a host sync on a GPU).
+        shown = getattr(getattr(trainer, "_logger_connector", None), "_progress_bar_metrics", None)
+        if not isinstance(shown, dict):  # another Lightning layout: the public property
+            shown = trainer.progress_bar_metrics
         for r in readings[:2]:
             key = "scale" if len(readings) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
             shown[key] = round(r.scale, 4)

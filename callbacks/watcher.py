@@ -19,12 +19,12 @@ from torch import nn
 from scalewatch.callbacks.alert_sinks import send_alerts
 from scalewatch.callbacks.history_sink import HistorySink
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings
+from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.monitor.gc_pause import gc_paused
 from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.rules import SKIPPED_STEP
+from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, SKIPPED_STEP
 from scalewatch.monitor.saturation import Alert, SaturationTracker, condition_masks
 from scalewatch.monitor.scale_reader import read_scales
 from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary, summarize
@@ -84,11 +84,25 @@ def reading_metrics(readings: Sequence[Reading],
     return metrics
 
 
+class StepResult(List[Alert]):
+    """What :meth:`ScaleWatcher.step` did: the alerts that fired (it is that list), whether it read,
+    and whether training should stop now. Falsy when no alert fired, as the plain list it extends."""
+
+    def __init__(self, alerts: Sequence[Alert] = (), read: bool = False, stop: bool = False) -> None:
+        super().__init__(alerts)
+        #: whether this step was a check step (the scales were read)
+        self.read = read
+        #: whether an alert fired with ``on_saturation="stop"``: end training after this step
+        self.stop = stop
+
+
+
 def _default_is_global_zero() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+@document_settings
 class ScaleWatcher:
     r"""Record bounded scales every N optimizer steps, alert when they saturate, plot them.
 
@@ -108,35 +122,12 @@ class ScaleWatcher:
             found by itself and named by its module path.
         log_dir: where ``scalewatch_history.jsonl`` and ``scale_history.png`` go;
             ``None`` keeps nothing on disk (loggers and alerts only).
-        every_n_steps: read every N optimizer steps (default 50).
-        params: bare parameters (or buffers) to watch with their bounds,
-            ``{"logit_scale": (0.0, math.log(100))}``.
+        every_n_steps: read every N optimizer steps (``None``: 50, ``DEFAULT_EVERY_N_STEPS``).
         tensorboard: a ``torch.utils.tensorboard.SummaryWriter`` to log to.
         wandb_run: a W&B run (``wandb.init(...)``) to log to and alert through.
         loggers: more destinations: :class:`ScaleSink`\ s, or any object with
             ``log_metrics(metrics, step)`` (e.g. Lightning's ``CSVLogger``).
-        warn_fraction: ``near_upper`` fires when ``scale > warn_fraction * max``,
-            ``near_lower`` when ``scale < min + (1 - warn_fraction) * (max - min)``.
-        patience: consecutive checks a scale must be pinned before ``pinned`` fires.
-        alert_callback: called with each :class:`~scalewatch.monitor.Alert` (rank zero).
-        on_saturation: ``"warn"``, or ``"stop"``: :attr:`should_stop` turns ``True``
-            at the step an alert fires.
-        plot: write ``scale_history.png`` into ``log_dir`` at :meth:`close` and send
-            it to TensorBoard and W&B.
-        plot_every_n_checks: also send the plot to the loggers every K checks.
-        max_plot_panels: how many scales the plot draws (those closest to a bound).
-        notify: apprise URL(s) alerts are sent to (Slack, ntfy, email, JSON webhooks,
-            ...): one string or a list; ``None`` reads ``SCALEWATCH_NOTIFY`` (URLs
-            separated by spaces or commas), ``[]`` sends nothing. One message per
-            check, sent from a background thread; :meth:`close` waits at most 10 s
-            (``NOTIFY_CLOSE_TIMEOUT``) for pending ones. Rank zero only.
-        max_logged_elements: a multi-element scale (per-head, ``(H, 1, 1)``) is read
-            element by element (``NAME[i]``, every one in the history and the alerts);
-            loggers get per-element keys while the watch holds at most this many such
-            elements in all (default 256: Swin V2's 138 heads), and beyond it one
-            per-tensor summary each, ``scalewatch/NAME/{scale_min,scale_max,raw_min,
-            raw_max,near_upper,near_lower,pinned,non_finite,elements,min,max}``, so
-            TensorBoard and W&B stay usable with thousands of heads.
+        {settings}
         grad_scaler: the loop's ``torch.amp.GradScaler``: its overflow steps have
             non-finite gradients by design (it skips them), so those raise no alert.
         is_global_zero: whether this process writes and alerts; default: rank 0 of
@@ -148,6 +139,10 @@ class ScaleWatcher:
             (readings at N, 2N, ..., HF Transformers' ``global_step`` after the step).
             Readings are recorded and logged at the step as given, so a front door
             picks the numbering its trainer logs the loss with.
+        settings: the arguments above as one :class:`WatchSettings` (a front door's
+            way in); the keyword arguments they cover are then ignored.
+        door_every_n_steps: N when the user chose none (``every_n_steps=None``): a
+            front door passes its trainer's logging interval here.
 
     Raises:
         ValueError: on a bad argument (named, with its value; a ``notify`` URL shown
@@ -174,38 +169,36 @@ class ScaleWatcher:
         self,
         model: nn.Module,
         log_dir: "Optional[str | os.PathLike[str]]" = None,
-        every_n_steps: Optional[int] = DEFAULT_EVERY_N_STEPS,
-        params: Optional[Mapping[str, Any]] = None,
+        every_n_steps: Optional[int] = None,
+        params: Optional[Dict[str, Any]] = None,
         tensorboard: Any = None,
         wandb_run: Any = None,
         loggers: Sequence[Any] = (),
-        warn_fraction: float = 0.9,
-        patience: int = 3,
+        warn_fraction: float = DEFAULT_WARN_FRACTION,
+        patience: int = DEFAULT_PATIENCE,
         alert_callback: Optional[Callable[[Alert], None]] = None,
         on_saturation: str = "warn",
         plot: bool = True,
         plot_every_n_checks: Optional[int] = None,
-        max_plot_panels: int = 6,
-        notify: Any = None,
+        max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
+        notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
         grad_scaler: Any = None,
         is_global_zero: Optional[bool] = None,
         settings: Optional[WatchSettings] = None,
         first_step: int = 0,
+        door_every_n_steps: Optional[int] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}: {model!r:.200}")
         if settings is None:
-            settings = WatchSettings(every_n_steps=every_n_steps, warn_fraction=warn_fraction, patience=patience,
-                                     params=params, on_saturation=on_saturation, alert_callback=alert_callback,
-                                     plot=plot, plot_every_n_checks=plot_every_n_checks,
-                                     max_plot_panels=max_plot_panels, notify=notify,
-                                     max_logged_elements=max_logged_elements)
+            settings = WatchSettings.from_arguments(locals())
         self.settings = settings
         self.model = model
         self.log_dir: Optional[str] = None if log_dir is None else os.fspath(log_dir)
         self.scales: List[WatchedScale] = find_bounded_scales(model) + watch_parameters(model, settings.params)
-        self.schedule = EveryNSteps(settings.every_n_steps or DEFAULT_EVERY_N_STEPS, first_step)
+        # The user's N, else the trainer's logging interval (a door's choice), else the default.
+        self.schedule = EveryNSteps(settings.every_n_steps or door_every_n_steps or DEFAULT_EVERY_N_STEPS, first_step)
         self.tracker = SaturationTracker(settings.warn_fraction, settings.patience)
         self.is_global_zero = _default_is_global_zero() if is_global_zero is None else bool(is_global_zero)
         self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
@@ -273,6 +266,60 @@ class ScaleWatcher:
         skip = set(self.summarised)
         return [n for s in self.scales if s.name not in skip for n in s.element_names()]
 
+    # ---- the door kit ---------------------------------------------------------------------
+
+    def attach(self, *, log_dir: "Optional[str | os.PathLike[str]]" = None, loggers: Sequence[Any] = (),
+               is_global_zero: Optional[bool] = None) -> None:
+        """Where a front door's trainer puts things, once it knows (before :meth:`begin`).
+
+        Args:
+            log_dir: the run's directory (history and plot); ``None`` keeps the current one.
+            loggers: the trainer's loggers, as :class:`ScaleSink`\ s or anything with
+                ``log_metrics(metrics, step)``; used on rank zero only.
+            is_global_zero: whether this process writes and alerts; ``None`` keeps it.
+        """
+        if self._started:
+            raise RuntimeError("ScaleWatcher.attach() must come before the record starts (begin() or the first step())")
+        if log_dir is not None:
+            self.log_dir = os.fspath(log_dir)
+        if is_global_zero is not None:
+            self.is_global_zero = bool(is_global_zero)
+        sinks = self._sinks(None, None, loggers)
+        if sinks:
+            self.sinks = sinks if self.is_global_zero else []  # other ranks neither write nor alert
+
+    def begin(self, step: int, saved: Optional[Mapping[str, Any]] = None) -> None:
+        """Start the record at optimizer step ``step``, continuing ``saved`` when training resumes.
+
+        The one rule for "is this a resume": a saved state (a checkpoint's, or an earlier
+        fit's) is continued when training does not start at ``first_step``; at
+        ``first_step`` the run is fresh whatever was saved (weights loaded to fine-tune).
+        """
+        if saved and _check_step(step) > self.schedule.first_step:
+            self.load_state_dict(saved)
+        self.start(step)
+
+    def will_read(self, step: int) -> bool:
+        """Whether :meth:`step` will read at optimizer step ``step`` (integer work only)."""
+        return bool(self.scales) and self.schedule(step) and step > self.last_step
+
+    def read_before_optimizer_step(self, optimizer: Any, step_number: Callable[[], int],
+                                   on_result: Optional[Callable[[StepResult], None]] = None,
+                                   grad_must_be_finite: Optional[bool] = None) -> Any:
+        """Read just before ``optimizer.step()`` runs, for trainers with no hook between backward and step.
+
+        Registers ``torch.optim.Optimizer.register_step_pre_hook``: it calls
+        :meth:`step` with ``step_number()`` (the trainer's optimizer step count) and
+        hands the result to ``on_result``. Returns the hook's handle
+        (``handle.remove()`` takes it off).
+        """
+        def before_step(opt: Any, args: Any, kwargs: Any) -> None:
+            result = self.step(step_number(), grad_must_be_finite=grad_must_be_finite)
+            if on_result is not None and result.read:
+                on_result(result)
+
+        return optimizer.register_step_pre_hook(before_step)
+
     # ---- life cycle ---------------------------------------------------------------------
 
     def start(self, step: Optional[int] = None) -> None:
@@ -337,7 +384,7 @@ class ScaleWatcher:
             os.replace(path, f"{stem}.previous-{n}{ext}")
             log.info("scalewatch: kept the earlier history of this directory as %s.previous-%d%s", stem, n, ext)
 
-    def step(self, step: int, *, grad_must_be_finite: Optional[bool] = None) -> List[Alert]:
+    def step(self, step: int, *, grad_must_be_finite: Optional[bool] = None) -> StepResult:
         """Read the scales if optimizer step ``step`` is a check step.
 
         Call it once per optimizer step, after gradients are complete (accumulated,
@@ -351,7 +398,8 @@ class ScaleWatcher:
                 a ``grad_scaler`` was given and is enabled.
 
         Returns:
-            The alerts that fired at this step (``[]`` off check steps).
+            The alerts that fired at this step (empty off check steps), as a
+            :class:`StepResult` list that also says whether it read and whether to stop.
 
         Raises:
             ValueError: for a ``step`` that is not an integer or goes backwards.
@@ -369,17 +417,17 @@ class ScaleWatcher:
                              "(pass the optimizer step count, e.g. the loop's step or trainer.global_step)")
         self._last_seen = step
         if not self.scales:
-            return []
+            return StepResult()
         # Plain integer checks: off check steps nothing touches a tensor. The clamp
         # fraction is only computed in the forward passes of the next check step.
         schedule = self.schedule
         if schedule(step + 1) != self._tracking:
             self._track_clamp_fraction(not self._tracking)
         if not schedule(step) or step <= self.last_step:
-            return []
+            return StepResult()
         return self._check(step, grad_must_be_finite)
 
-    def _check(self, step: int, grad_must_be_finite: Optional[bool]) -> List[Alert]:
+    def _check(self, step: int, grad_must_be_finite: Optional[bool]) -> StepResult:
         self.last_step = step
         self.checks += 1
         if grad_must_be_finite is None:
@@ -412,7 +460,7 @@ class ScaleWatcher:
             # Every rank computed the same readings, so every rank stops at the same step.
             self.should_stop = True
             log.info("scalewatch: stopping training at step %d (on_saturation='stop')", step)
-        return alerts
+        return StepResult(alerts, read=True, stop=self.should_stop)
 
     def _record(self, step: int, readings: List[Reading], alerts: List[Alert],
                 summaries: Optional[List[TensorSummary]] = None, skipped_step: bool = False) -> None:

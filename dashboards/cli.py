@@ -24,6 +24,7 @@ from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_F
                                            torn_tail)
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.dashboards.filenames import COMPARE_FILENAME, PLOT_FILENAME
+from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS
 
 PROG = "scalewatch"
 
@@ -209,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"... and this pinned patience (default {DEFAULT_PATIENCE})")
 
     drawing = argparse.ArgumentParser(add_help=False)
-    drawing.add_argument("--max-panels", type=_bounded(int, 0, "an integer >= 0"), default=6, metavar="N",
-                         help="draw at most N scales, those closest to a bound or alerted (0: all; default 6)")
+    drawing.add_argument("--max-panels", type=_bounded(int, 0, "an integer >= 0"), default=DEFAULT_MAX_PLOT_PANELS,
+                         metavar="N", help="draw at most N scales, those closest to a bound or alerted "
+                                           f"(0: all; default {DEFAULT_MAX_PLOT_PANELS})")
     drawing.add_argument("--title", help="figure title")
 
     p = sub.add_parser("plot", parents=[common, reading, drawing], help="draw the scales against their bounds (PNG)",

@@ -34,15 +34,15 @@ from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from scalewatch.dashboards.history_columns import HistoryColumns  # noqa: E402
 from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, collect_series  # noqa: E402
+from scalewatch.dashboards.thinning import MAX_DRAWN_POINTS, band_envelope, envelope  # noqa: E402,F401
 from scalewatch.dashboards.tensor_series import (TensorSeries, element_label, group_series,  # noqa: E402
                                                  outside_mask, rank, shown_values, values)
 from scalewatch.monitor.display import IDENTITY  # noqa: E402
+from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS  # noqa: E402
 
 if TYPE_CHECKING:
     from scalewatch.dashboards.compare import Comparison
 
-#: points drawn per line at most; the record itself is never thinned
-MAX_DRAWN_POINTS = 2000
 #: alerted elements of a per-head tensor drawn (and named) on their own, at most
 MAX_NAMED_ELEMENTS = 8
 
@@ -63,27 +63,6 @@ _TITLE, _PANEL, _STRIP_GAP, _STRIP, _PAIR_GAP = 0.3, 2.3, 0.1, 0.95, 0.3
 _TOP, _BOTTOM = 0.4, 0.6
 
 
-def envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_DRAWN_POINTS) -> Tuple[np.ndarray, np.ndarray]:
-    """Thin a line for drawing, keeping each bucket's min and max so spikes stay visible.
-
-    Vectorised: the points are cut into equal buckets (the last one padded), so a
-    200k-point line costs a few milliseconds.
-    """
-    n = len(x)
-    if n <= max_points:
-        return x, y
-    buckets = max_points // 2
-    size = -(-n // buckets)
-    finite = np.isfinite(y)
-    pad = buckets * size - n
-    low = np.concatenate((np.where(finite, y, np.inf), np.full(pad, np.inf))).reshape(buckets, size)
-    high = np.concatenate((np.where(finite, y, -np.inf), np.full(pad, -np.inf))).reshape(buckets, size)
-    first = np.arange(buckets) * size  # a bucket with no finite value keeps its first point (a gap)
-    idx = np.unique(np.concatenate((first + low.argmin(axis=1), first + high.argmax(axis=1))))
-    idx = idx[idx < n]
-    return x[idx], y[idx]
-
-
 def outside_spans(s: Union[ScaleSeries, TensorSeries]) -> np.ndarray:
     """Step ranges ``[[start, end], ...]`` where the raw parameter was outside its hard bounds.
 
@@ -101,25 +80,6 @@ def outside_spans(s: Union[ScaleSeries, TensorSeries]) -> np.ndarray:
     left, right = np.concatenate((steps[:1], mid)), np.concatenate((mid, steps[-1:]))
     change = np.diff(np.concatenate(([0], outside.astype(np.int8), [0])))
     return np.column_stack((left[change[:-1] == 1], right[np.flatnonzero(change == -1) - 1]))
-
-
-def band_envelope(x: np.ndarray, low: np.ndarray, high: np.ndarray,
-                  max_points: int = MAX_DRAWN_POINTS) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin a band for drawing: per bucket its first step, the smallest low and the largest high."""
-    n = len(x)
-    if n <= max_points:
-        return x, low, high
-    size = -(-n // max_points)
-    pad = max_points * size - n
-
-    def cut(v: np.ndarray, fill: float) -> np.ndarray:
-        return np.concatenate((v, np.full(pad, fill))).reshape(max_points, size)
-
-    with np.errstate(invalid="ignore"):
-        lo = np.fmin.reduce(cut(low, np.nan), axis=1)
-        hi = np.fmax.reduce(cut(high, np.nan), axis=1)
-    keep = np.arange(max_points) * size < n
-    return x[::size][:keep.sum()], lo[keep], hi[keep]
 
 
 def _merge_close(spans: np.ndarray, min_gap: float) -> np.ndarray:
@@ -157,7 +117,7 @@ def load_series(source: HistorySource, max_panels: Optional[int] = None) -> Tupl
     return chosen, len(ranked) - len(chosen)
 
 
-def plot_history(source: HistorySource, *, max_panels: Optional[int] = 6, title: Optional[str] = None,
+def plot_history(source: HistorySource, *, max_panels: Optional[int] = DEFAULT_MAX_PLOT_PANELS, title: Optional[str] = None,
                  max_points: int = MAX_DRAWN_POINTS, gradient: bool = True) -> Figure:
     """Draw each watched scale over optimizer steps against its bounds.
 
@@ -501,7 +461,7 @@ def run_colors(count: int) -> List[Any]:
 
 
 def plot_compare(comparison: "Comparison", *, normalise: bool = False, gradient: bool = False,
-                 max_panels: Optional[int] = 6, title: Optional[str] = None,
+                 max_panels: Optional[int] = DEFAULT_MAX_PLOT_PANELS, title: Optional[str] = None,
                  max_points: int = MAX_DRAWN_POINTS) -> Figure:
     """One panel per scale the runs share, each run in its own colour against its own bounds.
 

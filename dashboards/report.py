@@ -133,8 +133,11 @@ def non_finite_readings(s: ScaleSeries) -> int:
     raw, grad = np.asarray(s.raw, dtype=np.float64), np.asarray(s.grad, dtype=np.float64)
     checked = np.ones(len(scale), dtype=bool)
     checked[s.skipped] = False
-    held = condition_columns(scale, raw, grad, np.full(len(scale), s.grad_seen), np.nan, np.nan, False,
-                             s.warn_fraction, checked)
+    if len(s.no_grad) == len(scale):
+        has_grad = np.frombuffer(bytes(s.no_grad), dtype=np.uint8) == 0
+    else:  # a reader that did not keep it: a NaN gradient cannot be told from none
+        has_grad = ~np.isnan(grad)
+    held = condition_columns(scale, raw, grad, has_grad, np.nan, np.nan, False, s.warn_fraction, checked)
     return int(np.count_nonzero(held[NON_FINITE]))
 
 

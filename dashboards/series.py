@@ -112,8 +112,8 @@ class ScaleSeries(ScaleBounds):
     bound_changes: List[BoundChange] = field(default_factory=list)
     last_raw: float = math.nan
     last_grad: float = math.nan
-    #: whether any reading had a gradient (``grad`` holds NaN both for none and for a NaN one)
-    grad_seen: bool = False
+    #: per reading, 1 where it had no gradient (``grad`` holds NaN both for none and for a NaN one)
+    no_grad: bytearray = field(default_factory=bytearray)
     #: indices of readings taken on checks whose step a gradient scaler skipped (``skipped_step``)
     skipped: List[int] = field(default_factory=list)
 
@@ -126,8 +126,7 @@ class ScaleSeries(ScaleBounds):
             self.bound_changes.append((len(self.steps), self.min, self.max, self.warn_fraction))
         scale = as_float(record.get("scale"))
         self.last_raw, self.last_grad = as_float(record.get("raw")), as_float(record.get("grad"))
-        if record.get("grad") is not None:
-            self.grad_seen = True
+        self.no_grad.append(record.get("grad") is None)
         if record.get(SKIPPED_STEP):
             self.skipped.append(len(self.steps))
         self.steps.append(float(record["step"]))

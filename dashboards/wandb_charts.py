@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from scalewatch.dashboards.plot import envelope
+from scalewatch.dashboards.thinning import envelope
 from scalewatch.dashboards.tensor_series import TensorSeries, shown_values
 
 log = logging.getLogger("scalewatch")

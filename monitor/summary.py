@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, condition_masks
+from scalewatch.monitor.rules import DEFAULT_WARN_FRACTION, NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED
+from scalewatch.monitor.saturation import condition_masks
 
 if TYPE_CHECKING:
     import numpy
@@ -59,7 +60,7 @@ class TensorSummary:
         return {name: float(getattr(self, name)) for name in SUMMARY_FIELDS}
 
 
-def summarize(readings: Sequence[Reading], warn_fraction: float = 0.9, grad_must_be_finite: bool = True,
+def summarize(readings: Sequence[Reading], warn_fraction: float = DEFAULT_WARN_FRACTION, grad_must_be_finite: bool = True,
               masks: Optional[Dict[str, "numpy.ndarray"]] = None) -> List[TensorSummary]:
     """One :class:`TensorSummary` per tensor (``Reading.group``), in order of first appearance.
 

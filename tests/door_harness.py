@@ -609,11 +609,8 @@ DOORS: Dict[str, Door] = {door.name: door for door in (
 #: check-step work of a door that is a known product bug, not the door's contract: the
 #: check-step tests are expected to fail for that door until the bug is fixed (strict, so a
 #: fix shows as XPASS and the entry must go)
-KNOWN_CHECK_STEP_BUGS: Dict[str, str] = dict.fromkeys(
-    ("lightning.pytorch", "pytorch_lightning"),
-    "ScaleMonitor._show_in_progress_bar (callbacks/scale_monitor.py) reads trainer.progress_bar_metrics, a "
-    "Lightning property that recomputes every self.log value on each access: a detach per logged value and an "
-    ".item() (a device-to-host sync on a GPU) per prog_bar=True value, on every check step")
+#: doors whose check step does more than the one gather and transfer, with why (a strict xfail each)
+KNOWN_CHECK_STEP_BUGS: Dict[str, str] = {}
 
 
 def door_params(known_bugs: Optional[Dict[str, str]] = None) -> List[Any]:
