@@ -44,7 +44,7 @@ class RunnerSink(ScaleSink):
         hub = self.runner.message_hub
         for key, value in metrics.items():
             hub.update_scalar(HUB_PREFIX + key, value, resumed=False)
-        self.pending = dict(metrics)
+        self.pending.update(metrics)  # one check may come in parts, one per optimizer
 
     def end_of_check(self, runner: Any, batch_idx: int) -> None:
         """After LoggerHook's ``after_train_iter`` of the check iteration."""

@@ -220,6 +220,10 @@ class ScaleWatcher:
         self._closed = False
         self._tracking = False
         self._notifier: Any = None
+        # per-optimizer reads (step(..., optimizer=)): each optimizer's scales, and which read this check
+        self._optimizer_scales: Dict[int, List[WatchedScale]] = {}
+        self._owned: set = set()
+        self._optimizers_read: set = set()
         if not self.scales:
             log.warning("scalewatch found no bounded scale (AttentionBiasGenerator, LearnableScale, ...) in %s and "
                         "no `params` were given, so it records nothing; watch a bare parameter with "
@@ -310,14 +314,16 @@ class ScaleWatcher:
 
         Registers ``torch.optim.Optimizer.register_step_pre_hook``: it calls
         :meth:`step` with ``step_number()`` (the trainer's optimizer step count) and
-        hands the result to ``on_result``. Returns the hook's handle
-        (``handle.remove()`` takes it off).
+        this optimizer, and hands the result to ``on_result``. With one such reader per
+        optimizer each scale is read just before its own optimizer steps. Returns the
+        hook's handle (``handle.remove()`` takes it off).
         """
         def before_step(opt: Any, args: Any, kwargs: Any) -> None:
-            result = self.step(step_number(), grad_must_be_finite=grad_must_be_finite)
+            result = self.step(step_number(), grad_must_be_finite=grad_must_be_finite, optimizer=opt)
             if on_result is not None and result.read:
                 on_result(result)
 
+        self._scales_of(optimizer, with_unowned=False)  # known from the start: its scales are not "unowned"
         return optimizer.register_step_pre_hook(before_step)
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -384,18 +390,24 @@ class ScaleWatcher:
             os.replace(path, f"{stem}.previous-{n}{ext}")
             log.info("scalewatch: kept the earlier history of this directory as %s.previous-%d%s", stem, n, ext)
 
-    def step(self, step: int, *, grad_must_be_finite: Optional[bool] = None) -> StepResult:
+    def step(self, step: int, *, grad_must_be_finite: Optional[bool] = None, optimizer: Any = None) -> StepResult:
         """Read the scales if optimizer step ``step`` is a check step.
 
         Call it once per optimizer step, after gradients are complete (accumulated,
         unscaled) and before ``optimizer.step()``. Calling it again with the same step
         (one call per optimizer) reads once.
 
+        With several optimizers whose backward passes interleave (a GAN's generator and
+        discriminator), pass ``optimizer`` and call it before each one steps: each call
+        reads the scales that optimizer steps (the first also those no optimizer
+        given here holds), so every gradient is read as its own optimizer sees it.
+
         Args:
             step: the 0-based optimizer step about to be taken; must not go backwards.
             grad_must_be_finite: ``False`` when this step's gradients may overflow by
                 design (a gradient scaler skips such steps); default: ``True`` unless
                 a ``grad_scaler`` was given and is enabled.
+            optimizer: the optimizer about to step, to read only its scales (see above).
 
         Returns:
             The alerts that fired at this step (empty off check steps), as a
@@ -423,20 +435,42 @@ class ScaleWatcher:
         schedule = self.schedule
         if schedule(step + 1) != self._tracking:
             self._track_clamp_fraction(not self._tracking)
-        if not schedule(step) or step <= self.last_step:
+        if not schedule(step):
             return StepResult()
-        return self._check(step, grad_must_be_finite)
+        if optimizer is None:
+            if step <= self.last_step:
+                return StepResult()
+            return self._check(step, grad_must_be_finite, self.scales)
+        if step > self.last_step:
+            self._optimizers_read = set()
+        elif step < self.last_step or id(optimizer) in self._optimizers_read:
+            return StepResult()
+        scales = self._scales_of(optimizer, with_unowned=not self._optimizers_read)
+        self._optimizers_read.add(id(optimizer))
+        return self._check(step, grad_must_be_finite, scales)
 
-    def _check(self, step: int, grad_must_be_finite: Optional[bool]) -> StepResult:
+    def _scales_of(self, optimizer: Any, with_unowned: bool) -> List[WatchedScale]:
+        """The scales ``optimizer`` steps (and, ``with_unowned``, those none of the known optimizers holds)."""
+        key = id(optimizer)
+        if key not in self._optimizer_scales:
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            self._optimizer_scales[key] = [s for s in self.scales if id(s.raw) in held]
+            self._owned.update(id(s) for s in self._optimizer_scales[key])
+        unowned = [s for s in self.scales if id(s) not in self._owned] if with_unowned else []
+        return self._optimizer_scales[key] + unowned
+
+    def _check(self, step: int, grad_must_be_finite: Optional[bool], scales: List[WatchedScale]) -> StepResult:
+        new_check = step > self.last_step  # not a later part of it (another optimizer's scales)
+        if new_check:
+            self.checks += 1
         self.last_step = step
-        self.checks += 1
         if grad_must_be_finite is None:
             grad_must_be_finite = not (self.grad_scaler is not None and getattr(self.grad_scaler, "is_enabled",
                                                                                 lambda: True)())
         # 16k per-head readings make enough objects to set off full garbage collections
         # that walk the whole process; none of them is garbage until the check is over.
         with gc_paused():
-            readings = read_scales(self.scales, step)
+            readings = read_scales(scales, step)
             masks = condition_masks(readings, self.warn_fraction, grad_must_be_finite)
             alerts = self.tracker.update_all(readings, grad_must_be_finite, masks=masks)
             summaries = None
@@ -454,7 +488,7 @@ class ScaleWatcher:
             if alerts:
                 send_alerts(alerts, step, self.sinks, self.settings.alert_callback, self._notifier)
             every = self.settings.plot_every_n_checks
-            if every and self.checks % every == 0:
+            if every and new_check and self.checks % every == 0:
                 self.publish_plot(step, write_png=False)
         if alerts and self.settings.on_saturation == "stop":
             # Every rank computed the same readings, so every rank stops at the same step.

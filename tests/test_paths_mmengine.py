@@ -138,12 +138,6 @@ def test_each_scale_is_read_once_per_check_step(gan):
 
 
 #: the product bug these two tests show (callbacks/mmengine.py, ScaleMonitorHook._wrap)
-WRAPPER_DICT_BUG = ("ScaleMonitorHook reads every scale at the FIRST wrapper's step of an iteration; the scales of "
-                    "a wrapper that steps later have no gradient yet (grad null in the history), so `pinned` "
-                    "cannot fire for them")
-
-
-@pytest.mark.xfail(strict=True, reason=WRAPPER_DICT_BUG)
 def test_each_scale_is_read_with_the_gradient_its_own_optimizer_steps_with(gan):
     """The generator's scale and the discriminator's temperature each have a real gradient at
     the reading, whichever wrapper steps first in ``train_step``."""
@@ -155,9 +149,7 @@ def test_each_scale_is_read_with_the_gradient_its_own_optimizer_steps_with(gan):
         assert r["grad"] == pytest.approx(0.2 * (r["raw"] - 2.0), rel=1e-4, abs=1e-6), (gan["order"], r)
 
 
-def test_the_generator_scale_saturates_and_alerts_as_under_one_optimizer(gan, request):
-    if gan["order"][0] == "discriminator":  # its grad is read as null: pinned never fires
-        request.applymarker(pytest.mark.xfail(strict=True, reason=WRAPPER_DICT_BUG))
+def test_the_generator_scale_saturates_and_alerts_as_under_one_optimizer(gan):
     # lr 0.3 with gradient about -0.5: the same walk as DriftNet's (near_upper at 15, pinned at 30)
     assert [(a.kind, a.name, a.step) for a in gan["alerts"]] == [("near_upper", GEN_SCALE, 15),
                                                                   ("pinned", GEN_SCALE, 30)]
