@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from scalewatch.callbacks.tensorboard_crc import use_c_crc32c
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
 from scalewatch.dashboards.tensor_series import TensorSeries
+from scalewatch.monitor.history.keys import PLOT_TAG
 from scalewatch.monitor.saturation import Alert
 
 log = logging.getLogger("scalewatch")
@@ -95,7 +96,7 @@ class TensorBoardSink(ScaleSink):
             self.flush()
 
     def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
-        self.writer.add_figure("scalewatch/plot", fig, global_step=step, close=False)
+        self.writer.add_figure(PLOT_TAG, fig, global_step=step, close=False)
 
     def flush(self) -> None:
         self.writer.flush()

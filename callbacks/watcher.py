@@ -22,6 +22,7 @@ from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoar
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
+from scalewatch.monitor.history.keys import metric_key, reading_metrics  # noqa: F401 (importable here)
 from scalewatch.monitor.gc_pause import gc_paused
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, SKIPPED_STEP
@@ -43,45 +44,6 @@ DEFAULT_EVERY_N_STEPS = 50
 #: watches of at least this many values write their history on a writer thread
 #: (encoding 16k lines is tens of milliseconds; a few hundred cost well under one)
 BACKGROUND_HISTORY_VALUES = 2048
-
-
-def metric_key(name: str, field: str) -> str:
-    """The logger key of one field of one scale: ``scalewatch/NAME/FIELD``."""
-    return f"scalewatch/{name}/{field}"
-
-
-def reading_metrics(readings: Sequence[Reading],
-                    summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
-    """One check's readings as ``scalewatch/NAME/{scale,raw,grad,min,max,clamp_fraction}`` values.
-
-    With ``summaries`` (of the multi-element tensors), their elements are left out
-    and each such tensor is logged as ``scalewatch/TENSOR/{elements,scale_min,scale_max,raw_min,
-    raw_max,near_upper,near_lower,pinned,non_finite,min,max}`` instead.
-    """
-    metrics: Dict[str, float] = {}
-    for r in readings:
-        if summaries is not None and r.index is not None:
-            continue
-        prefix = f"scalewatch/{r.name}/"
-        metrics[prefix + "scale"] = r.scale
-        metrics[prefix + "raw"] = r.raw
-        if r.min is not None:
-            metrics[prefix + "min"] = r.min
-        if r.max is not None:
-            metrics[prefix + "max"] = r.max
-        if r.grad is not None:
-            metrics[prefix + "grad"] = r.grad
-        if r.clamp_fraction is not None:
-            metrics[prefix + "clamp_fraction"] = r.clamp_fraction
-    for summary in summaries or ():
-        prefix = f"scalewatch/{summary.tensor}/"
-        for field in SUMMARY_FIELDS:
-            metrics[prefix + field] = float(getattr(summary, field))
-        if summary.min is not None:
-            metrics[prefix + "min"] = summary.min
-        if summary.max is not None:
-            metrics[prefix + "max"] = summary.max
-    return metrics
 
 
 class StepResult(List[Alert]):

@@ -11,7 +11,11 @@ Three kinds of source yield the same record dicts as the history file
 
 Loggers keep only the numbers, so for the last two the hard/soft bound is
 inferred (a hard bound has ``scale == clamp(raw, min, max)``) and the alerts are
-recomputed with the library's own rules (:class:`SaturationTracker`).
+recomputed with the library's own rules (:class:`SaturationTracker`). The keys
+are read with the history codec's logger-key codec
+(:func:`~scalewatch.monitor.history.keys.parse_metric_key`), per-tensor summary
+keys included: a tensor watched beyond ``max_logged_elements`` comes back as the
+two edges of its band (see :func:`summary_records`).
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION
-from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, iter_history, parse_record
+from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, has_torn_tail, iter_history
+from scalewatch.monitor.history.keys import KEY_PREFIX, READING_KEY_FIELDS, SUMMARY_ONLY_FIELDS, parse_metric_key
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.saturation import SaturationTracker
 
@@ -34,9 +39,8 @@ CSV = "csv"
 #: in the order a directory is searched
 KINDS = (HISTORY, TENSORBOARD, CSV)
 
-KEY_PREFIX = "scalewatch/"
 #: the per-scale fields ScaleMonitor logs (``scalewatch/NAME/FIELD``)
-LOGGED_FIELDS = ("scale", "raw", "grad", "min", "max", "clamp_fraction")
+LOGGED_FIELDS = READING_KEY_FIELDS
 CSV_FILENAME = "metrics.csv"
 EVENTS_PREFIX = "events.out.tfevents"
 
@@ -48,13 +52,9 @@ class SourceError(Exception):
 
 
 def parse_key(key: str) -> Optional[Tuple[str, str]]:
-    """``"scalewatch/NAME/FIELD"`` -> ``(NAME, FIELD)``; ``None`` for any other key."""
-    if not key.startswith(KEY_PREFIX):
-        return None
-    name, _, fld = key[len(KEY_PREFIX):].rpartition("/")
-    if not name or fld not in LOGGED_FIELDS:
-        return None
-    return name, fld
+    """``"scalewatch/NAME/FIELD"`` -> ``(NAME, FIELD)``, per-tensor summary keys included; ``None`` for any other key."""
+    parsed = parse_metric_key(key)
+    return None if parsed is None else (parsed.name, parsed.field)
 
 
 @dataclass
@@ -245,10 +245,10 @@ def tensorboard_records(path: str, warn_fraction: float = DEFAULT_WARN_FRACTION,
     order: Dict[str, int] = {}
     values: Dict[Tuple[int, int], Dict[str, float]] = {}
     for tag in acc.Tags().get("scalars", []):
-        parsed = parse_key(tag)
+        parsed = parse_metric_key(tag)
         if parsed is None:
             continue
-        name, fld = parsed
+        name, fld, _ = parsed
         index = order.setdefault(name, len(order))
         for event in acc.Scalars(tag):  # in write order: a value re-logged at a step replaces the earlier one
             values.setdefault((int(event.step), index), {})[fld] = float(event.value)
@@ -286,7 +286,7 @@ def _csv_rows(path: str, problems: ReadProblems) -> Iterator[Tuple[int, str, Dic
     torn = not _ends_with_newline(path)
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f)
-        columns = [(col, parse_key(col)) for col in reader.fieldnames or []]
+        columns = [(col, parse_metric_key(col)) for col in reader.fieldnames or []]
         columns = [(col, key) for col, key in columns if key is not None]
         pending: Optional[List[Tuple[int, str, Dict[str, float]]]] = None
         for row in reader:
@@ -300,11 +300,11 @@ def _csv_rows(path: str, problems: ReadProblems) -> Iterator[Tuple[int, str, Dic
                 yield from pending
 
 
-def _csv_row(row: Dict[str, Any], columns: List[Tuple[str, Tuple[str, str]]], line: int,
+def _csv_row(row: Dict[str, Any], columns: List[Tuple[str, Tuple[str, ...]]], line: int,
              problems: ReadProblems) -> List[Tuple[int, str, Dict[str, float]]]:
     per_name: Dict[str, Dict[str, float]] = {}
     try:
-        for col, (name, fld) in columns:
+        for col, (name, fld, *_) in columns:
             text = row.get(col)
             if text not in (None, ""):
                 per_name.setdefault(name, {})[fld] = float(text)
@@ -323,8 +323,9 @@ def records_from_logged(rows: Iterable[Tuple[int, str, Dict[str, float]]], warn_
     earlier rows. A scale that never logged one of its bounds is one-sided on that
     side (``None``, as a one-sided scale's ``min`` is never logged); one that logged
     neither yet is skipped. An element key ``NAME[i]`` becomes a record with
-    ``tensor`` and ``index``, as in the history. Alerts are recomputed with
-    :class:`SaturationTracker`.
+    ``tensor`` and ``index``, as in the history; a per-tensor summary row (a tensor
+    watched beyond ``max_logged_elements``) becomes its band's two edges
+    (:func:`summary_records`). Alerts are recomputed with :class:`SaturationTracker`.
     """
     tracker = SaturationTracker(warn_fraction, patience)
     bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = {}
@@ -334,6 +335,9 @@ def records_from_logged(rows: Iterable[Tuple[int, str, Dict[str, float]]], warn_
         if lo is None and hi is None:
             continue
         bounds[name] = (lo, hi)
+        if not _SUMMARY_ONLY.isdisjoint(fields):
+            yield from summary_records(step, name, fields, lo, hi, tracker, warn_fraction)
+            continue
         scale = fields.get("scale")
         if scale is None:
             continue
@@ -354,6 +358,40 @@ def records_from_logged(rows: Iterable[Tuple[int, str, Dict[str, float]]], warn_
 
 #: a logged element name, ``TENSOR[i]``
 _ELEMENT = re.compile(r"^(.+)\[(\d+)\]$")
+_SUMMARY_ONLY = frozenset(SUMMARY_ONLY_FIELDS)
+#: the two edges of a summarised tensor's band, as its elements: (name suffix, index, summary fields of the edge)
+SUMMARY_EDGES = (("[min]", 0, "scale_min", "raw_min"), ("[max]", 1, "scale_max", "raw_max"))
+#: the engine's per-check counts of a summary, kept on each edge record under ``"summary"``
+SUMMARY_COUNTS = ("elements", "near_upper", "near_lower", "pinned", "non_finite")
+
+
+def summary_records(step: int, tensor: str, fields: Dict[str, float], lo: Optional[float], hi: Optional[float],
+                    tracker: SaturationTracker, warn_fraction: float) -> Iterator[Dict[str, Any]]:
+    """A summarised tensor's logged summary at one check as the records of its band's two edges.
+
+    Beyond ``max_logged_elements`` the loggers hold, per tensor and check, the
+    smallest and largest element (``scale_min``/``scale_max``, ``raw_min``/``raw_max``)
+    and the engine's counts. They come back as two elements of the tensor,
+    ``TENSOR[min]`` (index 0) and ``TENSOR[max]`` (index 1), so views draw and
+    report the tensor's band as they do a per-head tensor's. The counts are kept on
+    both as ``"summary"`` (``elements``, ``near_upper``, ``near_lower``, ``pinned``,
+    ``non_finite``). The edges have no gradient of their own: at a check where the
+    engine counted pinned elements their gradient reads 0 (cannot bring them back),
+    so the ``pinned`` rule sees an edge at its bound; alerts are recomputed on the
+    edges with the library's rules. A check without both edges' ``scale`` gives none.
+    """
+    summary = {k: int(fields[k]) for k in SUMMARY_COUNTS if k in fields and math.isfinite(fields[k])}
+    grad = 0.0 if summary.get("pinned", 0) > 0 else None
+    for suffix, index, scale_key, raw_key in SUMMARY_EDGES:
+        scale = fields.get(scale_key)
+        if scale is None:
+            return
+        raw = fields.get(raw_key, scale)
+        name = tensor + suffix
+        reading = Reading(step=step, name=name, scale=scale, raw=raw, grad=grad, min=lo, max=hi,
+                          bound=infer_bound(scale, raw, lo, hi), tensor=tensor, index=index)
+        alerts = [a.kind for a in tracker.update(reading)]
+        yield dict(reading.to_record(), warn_fraction=warn_fraction, alerts=alerts, summary=summary)
 
 
 def infer_bound(scale: float, raw: float, lo: Optional[float], hi: Optional[float]) -> str:
@@ -373,20 +411,8 @@ def infer_bound(scale: float, raw: float, lo: Optional[float], hi: Optional[floa
 
 
 def torn_tail(path: str) -> bool:
-    """Whether the history file's last line is incomplete (cheap: reads only the tail)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return False
-        f.seek(max(0, size - 65536))
-        tail = f.read()
-    if tail.endswith(b"\n"):
-        return False
-    last = tail.rsplit(b"\n", 1)[-1]
-    if not last.strip():
-        return False
-    return parse_record(last.decode("utf-8", errors="replace")) is None
+    """Whether the history file's last line is torn (cheap: reads only the tail): the history codec's rule."""
+    return has_torn_tail(path)
 
 
 def has_records(source: Source) -> bool:

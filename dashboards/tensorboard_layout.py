@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
+from scalewatch.monitor.history.keys import margin_tags, summary_margin_tags
+
 CATEGORY = "scalewatch"
 
 
@@ -14,12 +16,9 @@ def margin_layout(names: Sequence[str], summarised: Sequence[str] = ()) -> Dict[
     scale logged as its per-tensor summary) gets the band of its elements instead:
     value = the largest element, lower = the smallest, upper = the largest.
     """
-    charts = {name: ["Margin", [f"scalewatch/{name}/scale", f"scalewatch/{name}/min", f"scalewatch/{name}/max"]]
-              for name in names}
+    charts = {name: ["Margin", margin_tags(name)] for name in names}
     for tensor in summarised:
-        charts[f"{tensor} (elements min..max)"] = ["Margin", [f"scalewatch/{tensor}/scale_max",
-                                                              f"scalewatch/{tensor}/scale_min",
-                                                              f"scalewatch/{tensor}/scale_max"]]
+        charts[f"{tensor} (elements min..max)"] = ["Margin", summary_margin_tags(tensor)]
     return {CATEGORY: charts}
 
 

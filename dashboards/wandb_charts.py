@@ -9,6 +9,7 @@ import numpy as np
 
 from scalewatch.dashboards.thinning import envelope
 from scalewatch.dashboards.tensor_series import TensorSeries, shown_values
+from scalewatch.monitor.history.keys import ALL_KEYS_GLOB, PLOT_TAG, name_glob
 
 log = logging.getLogger("scalewatch")
 
@@ -32,9 +33,9 @@ def define_scale_metrics(run: Any, names: Sequence[str], step_metric: str = STEP
         run.define_metric(step_metric)
         for name in names:
             if "[" in name:  # NAME[i]: brackets are glob syntax, so one glob covers every key
-                run.define_metric("scalewatch/*", step_metric=step_metric)
+                run.define_metric(ALL_KEYS_GLOB, step_metric=step_metric)
                 continue
-            run.define_metric(f"scalewatch/{name}/*", step_metric=step_metric)
+            run.define_metric(name_glob(name), step_metric=step_metric)
     except Exception as err:  # a dashboard nicety must never end training
         log.warning("scalewatch could not define W&B metrics: %s", err)
 
@@ -72,7 +73,7 @@ def log_plot(run: Any, fig: Any, series: List[TensorSeries], step: int, final: b
     wandb = _wandb()
 
     try:
-        payload: Dict[str, Any] = {"scalewatch/plot": wandb.Image(fig)}
+        payload: Dict[str, Any] = {PLOT_TAG: wandb.Image(fig)}
         if final:
             payload.update(bounds_charts(series))
         payload[step_metric] = step

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from scalewatch.dashboards.series import as_float
 from scalewatch.monitor.display import IDENTITY, display_value, format_range
-from scalewatch.monitor.history import parse_record
+from scalewatch.monitor.history.follower import READ_CHUNK, HistoryFollower  # noqa: F401 (moved; importable here)
 from scalewatch.monitor import rules
 from scalewatch.monitor.rules import (ALERT_KINDS, NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, lower_warning,
                                       record_closeness, record_conditions, record_warn_fraction, risk_key,
@@ -39,90 +39,8 @@ from scalewatch.monitor.rules import (ALERT_KINDS, NEAR_LOWER, NEAR_UPPER, NON_F
 SPARK_WIDTH = 30
 BAR_WIDTH = 24
 ALERTS_SHOWN = 8
-READ_CHUNK = 1 << 20
 
 Alert = Tuple[int, str, str, float]  # (step, name, kind, scale)
-
-
-# ---- following the file ----------------------------------------------------------------
-
-
-class HistoryFollower:
-    """Reads the complete lines appended to a history file since the last read.
-
-    Call :meth:`check` (``True``: the file was replaced or cut back, e.g. on a
-    resume, and is read again from the start), then iterate :meth:`read`.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.bad_lines = 0
-        self._switched = False
-        self._pos = 0
-        self._partial = b""
-        self._ident: Optional[Tuple[int, int]] = None
-        #: when the file was last written (``None`` before it exists)
-        self.mtime: Optional[float] = None
-
-    @property
-    def waiting_for_rest(self) -> bool:
-        """A line was started but not finished (a write in progress, or a run killed mid-write)."""
-        return bool(self._partial.strip())
-
-    def retarget(self, path: str) -> None:
-        """Follow another file from its start (a newer run appeared); :meth:`check` says so."""
-        self.path, self._pos, self._partial, self._ident, self._switched = path, 0, b"", None, True
-
-    def check(self) -> bool:
-        """Look at the file; ``True`` if what was read before no longer stands."""
-        if self._switched:
-            self._switched = False
-            return True
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        ident = (st.st_dev, st.st_ino)
-        self.mtime = st.st_mtime
-        start_over = self._ident is not None and ident != self._ident
-        if not start_over and st.st_size < self._pos:
-            complete = self._pos - len(self._partial)
-            if st.st_size == complete:  # the writer cut off a torn last line: nothing read is lost
-                self._pos, self._partial = complete, b""
-            else:
-                start_over = True
-        self._ident = ident
-        if start_over:
-            self._pos, self._partial = 0, b""
-        return start_over
-
-    def read(self) -> Iterator[Dict[str, Any]]:
-        """The records of the lines completed since the last read, in chunks (memory stays flat)."""
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with f:
-            f.seek(self._pos)
-            while True:
-                data = f.read(READ_CHUNK)
-                if not data:
-                    return
-                self._pos += len(data)
-                lines = (self._partial + data).split(b"\n")
-                self._partial = lines.pop()
-                for line in lines:
-                    record = self._parse(line)
-                    if record is not None:
-                        yield record
-
-    def _parse(self, line: bytes) -> Optional[Dict[str, Any]]:
-        if not line.strip():
-            return None
-        record = parse_record(line)
-        if record is None:
-            self.bad_lines += 1
-        return record
 
 
 # ---- what is known so far --------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""The logger-key codec: what a check sends to TensorBoard, W&B, CSV and ``log_metrics`` loggers, and back.
+
+Per watched scale (or element ``TENSOR[i]``) NAME, every check logs
+``scalewatch/NAME/FIELD`` for FIELD in :data:`READING_KEY_FIELDS` (those it has:
+a one-sided scale has no ``min`` or ``max``, a buffer no ``grad``). A tensor
+watched beyond ``max_logged_elements`` is logged as its per-tensor summary
+instead: ``scalewatch/TENSOR/FIELD`` for FIELD in :data:`SUMMARY_KEY_FIELDS`
+(:data:`~scalewatch.monitor.summary.SUMMARY_FIELDS`, then the bounds it has).
+:func:`parse_metric_key` reads any of these keys back.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from scalewatch.monitor.reading import Reading
+from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary
+
+KEY_PREFIX = "scalewatch/"
+#: the fields a reading logs, in this order (its ``scale`` and ``raw`` always; the others when it has them)
+READING_KEY_FIELDS = ("scale", "raw", "min", "max", "grad", "clamp_fraction")
+#: the bounds: logged both per reading and per summary
+BOUND_KEY_FIELDS = ("min", "max")
+#: the fields a summarised tensor logs, in this order (its bounds when it has them)
+SUMMARY_KEY_FIELDS = SUMMARY_FIELDS + BOUND_KEY_FIELDS
+#: fields only a summary logs: a key with one of these is a summary's (all but the bounds)
+SUMMARY_ONLY_FIELDS = SUMMARY_FIELDS
+#: the image of the plot (not a scale's key)
+PLOT_TAG = KEY_PREFIX + "plot"
+#: every scalewatch key, as a W&B ``define_metric`` glob
+ALL_KEYS_GLOB = KEY_PREFIX + "*"
+
+assert not set(SUMMARY_FIELDS) & set(READING_KEY_FIELDS), "a summary field must tell a summary's key"
+
+
+def metric_key(name: str, field: str) -> str:
+    """The logger key of one field of one scale: ``scalewatch/NAME/FIELD``."""
+    return f"{KEY_PREFIX}{name}/{field}"
+
+
+def name_glob(name: str) -> str:
+    """Every key of one scale, as a W&B glob: ``scalewatch/NAME/*``."""
+    return f"{KEY_PREFIX}{name}/*"
+
+
+class MetricKey(NamedTuple):
+    """A parsed ``scalewatch/NAME/FIELD`` key; ``is_summary``: FIELD is one only a per-tensor summary logs."""
+
+    name: str
+    field: str
+    is_summary: bool
+
+
+_READING_FIELDS = frozenset(READING_KEY_FIELDS)
+_SUMMARY_ONLY = frozenset(SUMMARY_ONLY_FIELDS)
+
+
+def parse_metric_key(key: str) -> Optional[MetricKey]:
+    """``"scalewatch/NAME/FIELD"`` -> ``(NAME, FIELD, is_summary)``; ``None`` for any other key.
+
+    NAME may hold ``/``; FIELD is the part after the last one. ``min`` and ``max``
+    are both a reading's and a summary's (``is_summary`` False): a NAME is a
+    summarised tensor when any of its keys ``is_summary``.
+    """
+    if not key.startswith(KEY_PREFIX):
+        return None
+    name, _, field = key[len(KEY_PREFIX):].rpartition("/")
+    if not name:
+        return None
+    if field in _READING_FIELDS:
+        return MetricKey(name, field, False)
+    if field in _SUMMARY_ONLY:
+        return MetricKey(name, field, True)
+    return None
+
+
+def reading_metrics(readings: Sequence[Reading],
+                    summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
+    """One check's readings as ``scalewatch/NAME/{scale,raw,min,max,grad,clamp_fraction}`` values.
+
+    With ``summaries`` (of the multi-element tensors), their elements are left out
+    and each such tensor is logged as ``scalewatch/TENSOR/{elements,scale_min,scale_max,raw_min,
+    raw_max,near_upper,near_lower,pinned,non_finite,min,max}`` instead.
+    """
+    metrics: Dict[str, float] = {}
+    for r in readings:
+        if summaries is not None and r.index is not None:
+            continue
+        prefix = f"{KEY_PREFIX}{r.name}/"
+        values = r.__dict__  # the fields, without a getattr each
+        for field in READING_KEY_FIELDS:
+            value = values[field]
+            if value is not None:  # a missing bound, gradient or clamp fraction is not logged
+                metrics[prefix + field] = value
+    for summary in summaries or ():
+        prefix = f"{KEY_PREFIX}{summary.tensor}/"
+        for field in SUMMARY_FIELDS:
+            metrics[prefix + field] = float(getattr(summary, field))
+        for field in BOUND_KEY_FIELDS:
+            bound = getattr(summary, field)
+            if bound is not None:
+                metrics[prefix + field] = bound
+    return metrics
+
+
+def margin_tags(name: str) -> List[str]:
+    """The TensorBoard Margin chart of a scale: value, lower, upper = its scale, min, max."""
+    return [metric_key(name, "scale"), metric_key(name, "min"), metric_key(name, "max")]
+
+
+def summary_margin_tags(tensor: str) -> List[str]:
+    """The Margin chart of a summarised tensor: value = its largest element, lower = smallest, upper = largest."""
+    return [metric_key(tensor, "scale_max"), metric_key(tensor, "scale_min"), metric_key(tensor, "scale_max")]
+
+
+__all__ = ["ALL_KEYS_GLOB", "BOUND_KEY_FIELDS", "KEY_PREFIX", "MetricKey", "PLOT_TAG", "READING_KEY_FIELDS",
+           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "margin_tags", "metric_key", "name_glob",
+           "parse_metric_key", "reading_metrics", "summary_margin_tags"]
