@@ -203,10 +203,10 @@ class HistoryColumns:
             order = np.argsort(ids, kind="stable")
             ends = np.cumsum(np.bincount(ids, minlength=len(names)))
             picks = np.split(order, ends[:-1])
-        grad_seen = _grad_seen(parts, ids, len(names))
+        no_grad = _no_grad(parts, len(ids)) if gradient else None
         lasts = self._records([int(p[-1]) for p in picks])
         out: Dict[str, Any] = {}
-        for k, (name, pick, last) in enumerate(zip(names, picks, lasts)):
+        for name, pick, last in zip(names, picks, lasts):
             cols = {c: np.ascontiguousarray(v[pick]) for c, v in columns.items()}
             mine = {c: v[pick] if isinstance(v, np.ndarray) else v for c, v in bounds.items()}
             latest = {c: v[-1] if isinstance(v, np.ndarray) else v for c, v in mine.items()}
@@ -216,9 +216,10 @@ class HistoryColumns:
                                  display=last.get("display") or IDENTITY, alerts=alerts.get(name, []),
                                  bound_changes=_changes(mine["min"], mine["max"], mine[WARN_FRACTION]), **cols)
             s.last_raw, s.last_grad = (_float(last.get(c)) for c in ("raw", "grad"))
-            # as ScaleSeries.add keeps them: whether any reading had a gradient, and which readings'
-            # checks a gradient scaler skipped
-            s.grad_seen = bool(grad_seen[k])
+            # as ScaleSeries.add keeps them: which readings had no gradient (grad null), and which
+            # readings' checks a gradient scaler skipped
+            if no_grad is not None:
+                s.no_grad = bytearray(len(pick)) if no_grad is False else bytearray(no_grad[pick].tobytes())
             s.skipped = [] if skipped is None else np.flatnonzero(skipped[pick]).tolist()
             out[name] = s
         self._picks = dict(zip(names, picks))
@@ -261,22 +262,30 @@ class HistoryColumns:
         lines = np.concatenate(per_series)
         order = np.argsort(lines, kind="stable")
         raw, grad = np.empty(len(lines)), np.empty(len(lines))
+        no_grad = np.zeros(len(lines), dtype=bool)
         try:
             for where, body, local, block in self._lines(lines[order]):
                 if len(local) > block.lines // 4:
-                    cols = [_numbers(_FIELDS[k].findall(body), block.lines)[local] for k in ("raw", "grad")]
+                    raws, grads, count, pick = _FIELDS["raw"].findall(body), _FIELDS["grad"].findall(body), \
+                        block.lines, local
                 else:
                     text = b"".join(_line_texts(body, local))
-                    cols = [_numbers(_FIELDS[k].findall(text), len(local)) for k in ("raw", "grad")]
-                raw[order[where]], grad[order[where]] = cols
+                    raws, grads, count, pick = _FIELDS["raw"].findall(text), _FIELDS["grad"].findall(text), \
+                        len(local), slice(None)
+                raw[order[where]] = _numbers(raws, count)[pick]
+                grad[order[where]] = _numbers(grads, count)[pick]
+                nulls = _nulls(grads, body)
+                if nulls is not None:
+                    no_grad[order[where]] = nulls[pick]
         except _NotPlain:  # some line lacks a raw or grad field: read those scales record by record
             full = self._collect(iter_history(self.path), {s.name for s in todo})
             for s in todo:
                 s.raw, s.grad = (np.asarray(getattr(full[s.name], k), dtype=np.float64) for k in ("raw", "grad"))
+                s.no_grad = getattr(full[s.name], "no_grad", bytearray())
             return
         cuts = np.cumsum([len(p) for p in per_series])[:-1]
-        for s, r, g in zip(todo, np.split(raw, cuts), np.split(grad, cuts)):
-            s.raw, s.grad = r, g
+        for s, r, g, m in zip(todo, np.split(raw, cuts), np.split(grad, cuts), np.split(no_grad, cuts)):
+            s.raw, s.grad, s.no_grad = r, g, bytearray(m.tobytes())
 
 
 def _firsts(parts: List[Dict[str, Any]]) -> List[int]:
@@ -284,12 +293,11 @@ def _firsts(parts: List[Dict[str, Any]]) -> List[int]:
     return np.concatenate(([0], np.cumsum([p["n"] for p in parts])[:-1])).astype(np.intp).tolist()
 
 
-def _grad_seen(parts: List[Dict[str, Any]], ids: np.ndarray, count: int) -> np.ndarray:
-    """Per scale, whether any of its readings had a gradient (``grad`` not ``null``)."""
+def _no_grad(parts: List[Dict[str, Any]], n: int) -> Any:
+    """Per line, whether its ``grad`` is ``null``, as a bool column; ``False`` when no line's is."""
     if all(p["null_grad"] is None for p in parts):
-        return np.ones(count, dtype=bool)
-    has = np.concatenate([np.ones(p["n"], dtype=bool) if p["null_grad"] is None else ~p["null_grad"] for p in parts])
-    return np.bincount(ids[has], minlength=count) > 0
+        return False
+    return np.concatenate([np.zeros(p["n"], dtype=bool) if p["null_grad"] is None else p["null_grad"] for p in parts])
 
 
 def _line_texts(body: bytes, local: np.ndarray) -> List[bytes]:
@@ -307,16 +315,18 @@ def _block_columns(body: bytes, gradient: bool, index: Dict[str, int]) -> Dict[s
     to_global = np.array([index.setdefault(name, len(index)) for name in names], dtype=np.intp)
     out = {"n": n, "steps": steps, "scale": scale, "ids": to_global[local_ids], "bounds": _bounds(body, n),
            "alerts": _alerts(body), "skipped": _lines_with(body, _SKIPPED), "null_grad": None}
-    grads: Optional[List[bytes]] = None
     if gradient:
         grads = _FIELDS["grad"].findall(body)
-        out.update(raw=_numbers(_FIELDS["raw"].findall(body), n), grad=_numbers(grads, n))
-    if body.find(_NULL_GRAD) >= 0:  # a scale without a gradient (a buffer): which lines
-        grads = grads if grads is not None else _FIELDS["grad"].findall(body)
-        if len(grads) != n:
-            raise _NotPlain
-        out["null_grad"] = np.fromiter((g == _NULL for g in grads), dtype=bool, count=n)
+        out.update(raw=_numbers(_FIELDS["raw"].findall(body), n), grad=_numbers(grads, n),
+                   null_grad=_nulls(grads, body))
     return out
+
+
+def _nulls(tokens: List[bytes], body: bytes) -> Optional[np.ndarray]:
+    """Which of a grad column's tokens are ``null`` (a scale without a gradient: a buffer); ``None`` if none is."""
+    if body.find(_NULL_GRAD) < 0:
+        return None
+    return np.fromiter((g == _NULL for g in tokens), dtype=bool, count=len(tokens))
 
 
 def _merged(parts: List[Tuple[int, Any]]) -> Any:

@@ -3,7 +3,10 @@
 ``scalewatch watch`` tails the file by byte offset, so each refresh reads only what
 was appended. What follows the last newline is held back until its newline
 arrives (a write in progress); if it never does, it is the torn last line of
-:mod:`.lines`, and :attr:`HistoryFollower.torn_last_line` says so.
+:mod:`.lines`, and :attr:`HistoryFollower.torn_last_line` says so. The offset
+kept is that of the first line not yet complete, and that line is read again at
+the next look: so a writer that mends the tail before appending (cuts a torn
+line, ends a whole record's line) loses or repeats nothing.
 """
 from __future__ import annotations
 
@@ -60,12 +63,8 @@ class HistoryFollower:
         ident = (st.st_dev, st.st_ino)
         self.mtime = st.st_mtime
         start_over = self._ident is not None and ident != self._ident
-        if not start_over and st.st_size < self._pos:
-            complete = self._pos - len(self._partial)
-            if st.st_size == complete:  # the writer cut off a torn last line: nothing read is lost
-                self._pos, self._partial = complete, b""
-            else:
-                start_over = True
+        if not start_over and st.st_size < self._pos:  # cut back before lines already read (a resume)
+            start_over = True
         self._ident = ident
         if start_over:
             self._pos, self._partial = 0, b""
@@ -78,15 +77,17 @@ class HistoryFollower:
         except FileNotFoundError:
             return
         with f:
-            f.seek(self._pos)
+            f.seek(self._pos)  # the start of the first line not yet complete
+            pending = b""
             while True:
                 data = f.read(READ_CHUNK)
                 if not data:
+                    self._partial = pending
                     return
-                self._pos += len(data)
-                lines = (self._partial + data).split(NEWLINE)
-                self._partial = lines.pop()
+                lines = (pending + data).split(NEWLINE)
+                pending = lines.pop()
                 for line in lines:
+                    self._pos += len(line) + len(NEWLINE)
                     record = self._parse(line)
                     if record is not None:
                         yield record
