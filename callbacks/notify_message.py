@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping, Optional, Sequence, Tuple
 
+from scalewatch.monitor.advice import alert_advice
 from scalewatch.monitor.display import format_range
 from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, Alert
 
@@ -66,6 +67,9 @@ def format_message(run_name: str, step: int, alerts: Sequence[Alert],
         lines.append(f"scale {_num(a.scale)} in {format_range(a.min, a.max, fmt='.4g')} · raw {_num(a.raw)} · "
                      f"grad {_num(a.grad)}")
         lines.append(f"→ {MEANING.get(a.kind, a.message)}")
+        todo = alert_advice(a)  # the pinned alert's one line of what to change (monitor/advice.py)
+        if todo:
+            lines.append(f"→ {todo}")
         held = repeats.get((a.name, a.kind), 0)
         if held:
             lines.append(f"(crossed {held} more time(s) since the last message about it, not sent: rate limit)")

@@ -541,6 +541,10 @@ class ScaleWatcher:
                         self.publish_plot(write_png=True, to_loggers=False)
                     except Exception as err:  # never mask the training error
                         log.warning("scalewatch could not draw the plot after the exception: %s", err)
+            if self._started and self.checks:
+                from scalewatch.callbacks.advice_log import log_run_advice
+
+                log_run_advice(self)  # what to change, once, on rank zero (monitor/advice.py)
             for sink in self.sinks:
                 try:
                     sink.flush()

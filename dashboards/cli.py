@@ -88,18 +88,22 @@ def _short(path: str, parts: int = 3) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print per scale the last/min/max values, readings near a bound, and the alerts."""
-    from scalewatch.dashboards.report import report_json, report_text, source_json, summarize, summarize_history
+    from scalewatch.dashboards.advice_view import history_series_and_advice, records_series_and_advice
+    from scalewatch.dashboards.report import ScaleSummary, report_json, report_text, source_json
 
     src = _source(args)
-    # a history file through the column reader: a per-head run's millions of lines in seconds
-    summaries = summarize_history(src.path, src.problems) if src.kind == HISTORY else summarize(src.records())
+    # a history file through the column reader, once for the table and the advice: a per-head run's
+    # millions of lines in seconds (gradients only of the scales where a rule held)
+    series, advice = (history_series_and_advice(src.path, src.problems) if src.kind == HISTORY
+                      else records_series_and_advice(src.records()))
+    summaries = [ScaleSummary.of(s) for s in series.values()]
     if not summaries:
         _warn_problems(src)
         raise SourceError(f"{src.path}: no readings in it yet")
     if args.json:
-        print(json.dumps(report_json(summaries, source_json(src)), indent=2))
+        print(json.dumps(report_json(summaries, source_json(src), advice), indent=2))
     else:
-        print(report_text(summaries, src.describe()))
+        print(report_text(summaries, src.describe(), advice))
     _warn_problems(src)
     return 0
 

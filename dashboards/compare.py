@@ -24,6 +24,7 @@ from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, TensorR
 from scalewatch.dashboards.series import ScaleSeries, collect_series
 from scalewatch.monitor.rules import closeness, risk_key
 from scalewatch.dashboards.sources import CSV, HISTORY, TENSORBOARD, Source, SourceError, find_source
+from scalewatch.monitor.advice import short_cell
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history import ReadProblems
 
@@ -62,6 +63,8 @@ class ComparedRun:
     source: Source
     series: Dict[str, ScaleSeries]
     metric: Optional[MetricValue] = None
+    #: what to change, per scale (:mod:`scalewatch.monitor.advice`)
+    advice: List[Any] = field(default_factory=list)
     summaries: Dict[str, ScaleSummary] = field(init=False)
     #: per tensor (a single-value scale: itself), in the order they first appear
     tensors: Dict[str, TensorReport] = field(init=False)
@@ -161,7 +164,11 @@ def read_history(path: str, gradient: bool) -> Tuple[Dict[str, ScaleSeries], Rea
 def _finish(arg: str, src: Source, series: Dict[str, ScaleSeries], metric: str) -> ComparedRun:
     if not series:
         raise SourceError(f"{src.path}: no readings in it")
-    return ComparedRun(arg=arg, label=arg, source=src, series=series, metric=final_metric(src, arg, metric))
+    from scalewatch.dashboards.advice_view import series_advice
+
+    advice = series_advice(series, src.path if src.kind == HISTORY else None)
+    return ComparedRun(arg=arg, label=arg, source=src, series=series, metric=final_metric(src, arg, metric),
+                       advice=advice)
 
 
 def compare_runs(args: Sequence[str], *, keep_going: bool = False, metric: str = DEFAULT_METRIC,
@@ -337,7 +344,8 @@ def comparison_json(c: Comparison) -> Dict[str, Any]:
         "runs": [{"label": r.label, "path": r.arg, "source": source_json(r.source),
                   "metric": r.metric.to_json() if r.metric else None,
                   "readings": sum(s.readings for s in r.summaries.values()),
-                  "scales": [t.to_json() for t in r.tensors.values()]} for r in c.runs],
+                  "scales": [t.to_json() for t in r.tensors.values()],
+                  "advice": [a.to_json() for a in r.advice]} for r in c.runs],
         "shared_scales": c.shared,
         "unshared_scales": [{"name": n, "runs": labels} for n, labels in c.unshared.items()],
         "skipped": [{"path": arg, "error": why} for arg, why in c.skipped],
@@ -369,7 +377,7 @@ def comparison_text(c: Comparison) -> str:
         lines.append(f"  {'(skipped)'.ljust(width)}  {why}")
     unshared = c.unshared
     for name in c.shared + list(unshared):
-        rows = [("run", "bounds", "readings", "last", "min", "max", "near bound", "alerts", c.metric)]
+        rows = [("run", "bounds", "readings", "last", "min", "max", "near bound", "alerts", "advice", c.metric)]
         heads = ""
         for r in c.runs:
             t = r.tensors.get(name)
@@ -380,10 +388,11 @@ def comparison_text(c: Comparison) -> str:
             heads = heads or ("" if t.single else f"   ({len(t.elements)} elements)")
             rows.append((r.label, bounds_cell(t), str(t.readings), last, shown_cell(t, t.scale_min),
                          shown_cell(t, t.scale_max), near_bound_cell(t), _alerts_cell(t),
-                         fmt_number(r.metric.value) if r.metric else "-"))
+                         short_cell(r.advice, name), fmt_number(r.metric.value) if r.metric else "-"))
         note = "" if name not in unshared else f"   (only in {', '.join(unshared[name])})"
-        lines += ["", name + heads + note] + table_lines(rows, left=(0, 7))
-    lines += ["", NEAR_BOUND_NOTE, "alerts: kind@step ([i]: the element of a per-head scale)"]
+        lines += ["", name + heads + note] + table_lines(rows, left=(0, 7, 8))
+    lines += ["", NEAR_BOUND_NOTE, "alerts: kind@step ([i]: the element of a per-head scale)",
+              "advice: the most urgent, in short (scalewatch report RUN for the whole of it)"]
     for display in sorted({t.display for r in c.runs for t in r.tensors.values()} - {IDENTITY}):
         lines.append(f"({display}): bounds, last, min and max shown as {display}(value)")
     if any(r.metric is None for r in c.runs):

@@ -288,12 +288,13 @@ def summarize_history(path: str, problems: Optional[ReadProblems] = None) -> Lis
     return [ScaleSummary.of(s) for s in read_series(path, problems, gradient=False).values()]
 
 
-def report_json(summaries: List[ScaleSummary], source: Dict[str, Any]) -> Dict[str, Any]:
+def report_json(summaries: List[ScaleSummary], source: Dict[str, Any], advice: Optional[Sequence[Any]] = None
+                ) -> Dict[str, Any]:
     """The whole report as a JSON-ready dict; ``source`` says what was read.
 
     ``scales`` has one entry per tensor (a single-value scale as ever, see
     :meth:`TensorReport.to_json`); ``alerts`` lists every alert of every scale or
-    element by step.
+    element by step; ``advice`` (when given) the :class:`~scalewatch.monitor.advice.Advice` list.
     """
     alerts = []
     for st, s, k, v in _all_alerts(summaries):
@@ -301,8 +302,11 @@ def report_json(summaries: List[ScaleSummary], source: Dict[str, Any]) -> Dict[s
         if s.display != IDENTITY:
             entry.update(scale=js_number(s.shown(v)), display=s.display, raw_units={"scale": js_number(v)})
         alerts.append(entry)
-    return {"source": source, "readings": sum(s.readings for s in summaries),
-            "scales": [t.to_json() for t in group_summaries(summaries)], "alerts": alerts}
+    out = {"source": source, "readings": sum(s.readings for s in summaries),
+           "scales": [t.to_json() for t in group_summaries(summaries)], "alerts": alerts}
+    if advice is not None:
+        out["advice"] = [a.to_json() for a in advice]
+    return out
 
 
 def _all_alerts(summaries: List[ScaleSummary]) -> List[Tuple[int, ScaleSummary, str, float]]:
@@ -352,8 +356,9 @@ def source_json(src: Source) -> Dict[str, Any]:
     return out
 
 
-def report_text(summaries: List[ScaleSummary], source: str) -> str:
-    """A plain-text table, one row per scale (per tensor, then its alerted elements), then every alert."""
+def report_text(summaries: List[ScaleSummary], source: str, advice: Optional[Sequence[Any]] = None) -> str:
+    """A plain-text table, one row per scale (per tensor, then its alerted elements), then every alert,
+    then the advice (when given: :mod:`scalewatch.monitor.advice`)."""
     readings = sum(s.readings for s in summaries)
     steps = [s.first_step for s in summaries if s.first_step is not None]
     lasts = [s.last_step for s in summaries if s.last_step is not None]
@@ -374,6 +379,10 @@ def report_text(summaries: List[ScaleSummary], source: str) -> str:
             raw = "" if s.display == IDENTITY else f" (raw {fmt_number(value)})"
             lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={shown_cell(s, value)}{raw}  "
                          f"range {bounds_cell(s)}")
+    if advice is not None:
+        from scalewatch.monitor.advice import advice_lines
+
+        lines += ["", "advice:"] + [f"  {line}" for line in advice_lines(advice)]
     lines += ["", NEAR_BOUND_NOTE]
     shown = sorted({s.display for s in summaries if s.display != IDENTITY})
     for display in shown:
