@@ -3,7 +3,7 @@
 Names load on first use: ``from scalewatch.callbacks import ScaleWatcher`` needs no
 Lightning, and ``ScaleMonitor`` imports whichever Lightning package is installed.
 The HF Transformers and mmengine doors are ``scalewatch.callbacks.hf`` and
-``scalewatch.callbacks.mmengine``.
+``scalewatch.callbacks.mmengine``; ``ScaleMonitorHandler`` (PyTorch Ignite) imports Ignite.
 """
 import importlib
 from typing import Any
@@ -14,6 +14,7 @@ _EXPORTS = {
     "ScaleSink": "logger_sinks", "MetricsSink": "logger_sinks", "TensorBoardSink": "logger_sinks",
     "WandbSink": "logger_sinks",
     "ScaleMonitor": "scale_monitor",
+    "ScaleMonitorHandler": "ignite_handler",
 }
 _ELSEWHERE = {"PLOT_FILENAME": "scalewatch.dashboards.filenames"}
 

@@ -595,6 +595,26 @@ def run_mmengine(run: DoorRun) -> Any:
     return hooks[0].watcher if hooks else None
 
 
+def run_ignite(run: DoorRun) -> Any:
+    from ignite.engine import create_supervised_trainer
+
+    from scalewatch.callbacks import ScaleMonitorHandler
+
+    torch.manual_seed(0)
+    model = PlainDrift().to(run.device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.randn(run.steps, 4, 8, generator=torch.Generator().manual_seed(0))
+    # PlainDrift's forward is its loss: Ignite's loss_fn hands it on
+    trainer = create_supervised_trainer(model, opt, lambda loss, _: loss, device=run.device)
+    handler = (ScaleMonitorHandler(model, opt, log_dir=str(run.root), every_n_steps=run.every_n, plot=False)
+               if run.with_door else None)
+    if handler is not None:
+        handler.attach(trainer)
+    with run.record():
+        trainer.run([(x, torch.zeros(())) for x in data], max_epochs=1)
+    return handler.watcher if handler is not None else None
+
+
 #: every front door: name -> how it numbers steps and how to train through it.
 #: A new door (Ignite, Accelerate, a sharded path, ``attention=``) joins with one line here.
 DOORS: Dict[str, Door] = {door.name: door for door in (
@@ -603,6 +623,7 @@ DOORS: Dict[str, Door] = {door.name: door for door in (
     Door("pytorch_lightning", 0, run_lightning("pytorch_lightning"), needs=("pytorch_lightning",)),
     Door("hf-transformers", 1, run_hf, needs=("transformers",)),
     Door("mmengine", 1, run_mmengine, needs=("mmengine",)),
+    Door("ignite", 1, run_ignite, needs=("ignite",)),
 )}
 
 

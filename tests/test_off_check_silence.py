@@ -70,4 +70,4 @@ def test_a_check_is_one_gather_and_one_transfer(door: Door, verdicts: Verdicts) 
 
 
 def test_every_front_door_is_in_the_registry() -> None:
-    assert {"plain-loop", "lightning.pytorch", "pytorch_lightning", "hf-transformers", "mmengine"} <= set(DOORS)
+    assert {"plain-loop", "lightning.pytorch", "pytorch_lightning", "hf-transformers", "mmengine", "ignite"} <= set(DOORS)

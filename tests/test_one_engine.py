@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scalewatch.callbacks.hf import ScaleMonitorCallback
+from scalewatch.callbacks.ignite_handler import ScaleMonitorHandler
 from scalewatch.callbacks.mmengine import ScaleMonitorHook
 from scalewatch.callbacks.scale_monitor import ScaleMonitor
 from scalewatch.callbacks.watch_settings import SETTING_DOCS, WatchSettings
@@ -179,8 +180,10 @@ def _settings_of(door: type, rename: Dict[str, str]) -> Dict[str, inspect.Parame
 
 
 @pytest.mark.parametrize("door, rename", [(ScaleWatcher, {}), (ScaleMonitor, {}), (ScaleMonitorCallback, {}),
-                                          (ScaleMonitorHook, {"interval": "every_n_steps"})],
-                         ids=["ScaleWatcher", "ScaleMonitor", "ScaleMonitorCallback", "ScaleMonitorHook"])
+                                          (ScaleMonitorHook, {"interval": "every_n_steps"}),
+                                          (ScaleMonitorHandler, {})],
+                         ids=["ScaleWatcher", "ScaleMonitor", "ScaleMonitorCallback", "ScaleMonitorHook",
+                              "ScaleMonitorHandler"])
 def test_every_door_signature_is_the_settings(door: type, rename: Dict[str, str]) -> None:
     params = _settings_of(door, rename)
     for f in dataclasses.fields(WatchSettings):
