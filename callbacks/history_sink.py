@@ -101,6 +101,8 @@ class HistorySink:
                 return
             except OSError as err:
                 self._fall_back(err)
+        if hasattr(readings, "layout"):  # a check's CheckColumns
+            readings = readings.readings()
         self.memory.extend(dict(r.to_record(), **extra, alerts=alerts.get(r.name, [])) for r in readings)
 
     def records(self) -> Iterable[Dict[str, Any]]:

@@ -84,7 +84,7 @@ class TensorBoardSink(ScaleSink):
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         file_writer = getattr(self.writer, "_get_file_writer", None)
         if file_writer is not None:
-            file_writer().add_summary(tensorboard_layout.scalars_summary(metrics), global_step=step)
+            file_writer().add_event(tensorboard_layout.scalars_event(metrics), step=step)
         elif self._fallback is not None:
             self._fallback(metrics, step)
         else:

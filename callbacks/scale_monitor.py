@@ -172,14 +172,17 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         # Written into the dict the progress bar reads (it keeps values between steps):
         # `self.log(..., prog_bar=True)` would cost ~1 ms a check and, for a float, a
         # host-to-device copy on a GPU.
-        readings = self.watcher.last_readings if self.watcher is not None else []
+        columns = self.watcher.last_columns if self.watcher is not None else None
+        if columns is None:
+            return
+        readings = columns.readings(range(min(2, len(columns))))  # the two shown, not every reading
         # The connector's dict itself: the `trainer.progress_bar_metrics` property first walks every
         # value logged this step (a detach each, an `.item()` each for prog_bar ones: a host sync on a GPU).
         shown = getattr(getattr(trainer, "_logger_connector", None), "_progress_bar_metrics", None)
         if not isinstance(shown, dict):  # another Lightning layout: the public property
             shown = trainer.progress_bar_metrics
         for r in readings[:2]:
-            key = "scale" if len(readings) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
+            key = "scale" if len(columns) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
             shown[key] = round(r.scale, 4)
 
     # ---- the end ------------------------------------------------------------------------

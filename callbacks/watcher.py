@@ -11,7 +11,7 @@ import logging
 import numbers
 import os
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -22,13 +22,15 @@ from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoar
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
-from scalewatch.monitor.history.keys import metric_key, reading_metrics  # noqa: F401 (importable here)
+from scalewatch.monitor.check_columns import CheckColumns, ScaleLayout
 from scalewatch.monitor.gc_pause import gc_paused
+from scalewatch.monitor.history.keys import column_metrics, metric_key, reading_metrics  # noqa: F401 (importable here)
 from scalewatch.monitor.reading import Reading
-from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, SKIPPED_STEP
-from scalewatch.monitor.saturation import Alert, SaturationTracker, condition_masks
-from scalewatch.monitor.scale_reader import read_scales
-from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary, summarize
+from scalewatch.monitor.rules import (DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, SKIPPED_STEP,
+                                      condition_columns)
+from scalewatch.monitor.saturation import Alert, SaturationTracker
+from scalewatch.monitor.scale_reader import read_columns, read_scales  # noqa: F401 (read_scales: importable here)
+from scalewatch.monitor.summary import TensorSummary, summarize_columns
 from scalewatch.monitor.schedule import EveryNSteps
 from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
 
@@ -174,7 +176,8 @@ class ScaleWatcher:
         self.last_step: int = -1      # the last step read
         self.checks: int = 0          # readings taken
         self.should_stop = False
-        self.last_readings: List[Reading] = []
+        self.last_columns: Optional[CheckColumns] = None  # the last check's readings
+        self._layouts: Dict[Tuple[int, ...], ScaleLayout] = {}
         self.history: Optional[HistorySink] = None
         self._last_seen: Optional[int] = None
         self._resume: Optional[Dict[str, Any]] = None
@@ -431,21 +434,19 @@ class ScaleWatcher:
                                                                                 lambda: True)())
         # 16k per-head readings make enough objects to set off full garbage collections
         # that walk the whole process; none of them is garbage until the check is over.
+        # The check is columns from the transfer to the record: no object per value.
         with gc_paused():
-            readings = read_scales(scales, step)
-            masks = condition_masks(readings, self.warn_fraction, grad_must_be_finite)
-            alerts = self.tracker.update_all(readings, grad_must_be_finite, masks=masks)
-            summaries = None
-            if self.summarised:
-                wanted = set(self.summarised)
-                summaries = [t for t in summarize(readings, self.warn_fraction, grad_must_be_finite, masks=masks)
-                             if t.tensor in wanted]
+            columns = read_columns(scales, step, self._layout(scales))
+            masks = condition_columns(columns.scale, columns.raw, columns.grad, columns.has_grad, columns.layout.lo,
+                                      columns.layout.hi, columns.layout.hard, self.warn_fraction, grad_must_be_finite)
+            alerts = self.tracker.update_columns(columns, masks)
+            summaries = summarize_columns(columns, masks, self.summarised) if self.summarised else None
             # A gradient scaler skips a step whose gradients overflowed: the record says so, so
             # that a view re-judges the non-finite gradient as the engine did (no alert).
-            skipped = not grad_must_be_finite and not _all_grads_finite(readings)
+            skipped = not grad_must_be_finite and not columns.grads_finite()
             if self.is_global_zero:
-                self._record(step, readings, alerts, summaries, skipped)
-        self.last_readings = readings
+                self._record(step, columns, alerts, summaries, skipped)
+        self.last_columns = columns
         if self.is_global_zero:
             if alerts:
                 send_alerts(alerts, step, self.sinks, self.settings.alert_callback, self._notifier)
@@ -458,10 +459,22 @@ class ScaleWatcher:
             log.info("scalewatch: stopping training at step %d (on_saturation='stop')", step)
         return StepResult(alerts, read=True, stop=self.should_stop)
 
-    def _record(self, step: int, readings: List[Reading], alerts: List[Alert],
+    def _layout(self, scales: List[WatchedScale]) -> ScaleLayout:
+        key = () if scales is self.scales else tuple(map(id, scales))
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = ScaleLayout(scales)
+        return layout
+
+    @property
+    def last_readings(self) -> List[Reading]:
+        """The last check's readings (built on demand from its columns)."""
+        return [] if self.last_columns is None else self.last_columns.readings()
+
+    def _record(self, step: int, columns: CheckColumns, alerts: List[Alert],
                 summaries: Optional[List[TensorSummary]] = None, skipped_step: bool = False) -> None:
         if self.sinks:
-            metrics = reading_metrics(readings, summaries)
+            metrics = column_metrics(columns, summaries)
             for sink in self.sinks:
                 sink.log_metrics(metrics, step)
         if self.history is not None:
@@ -471,7 +484,7 @@ class ScaleWatcher:
             extra: Dict[str, Any] = {"warn_fraction": self.warn_fraction, "patience": self.patience}
             if skipped_step:
                 extra[SKIPPED_STEP] = True
-            self.history.append_readings(readings, extra, fired)
+            self.history.append_readings(columns, extra, fired)
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on
@@ -594,13 +607,6 @@ class ScaleWatcher:
     def __repr__(self) -> str:
         return (f"ScaleWatcher({len(self.scales)} scale(s), every_n_steps={self.every_n_steps}, "
                 f"log_dir={self.log_dir!r}, checks={self.checks})")
-
-
-def _all_grads_finite(readings: Sequence[Reading]) -> bool:
-    import numpy as np
-
-    grads = [r.grad for r in readings if r.grad is not None]
-    return bool(np.isfinite(np.asarray(grads, dtype=np.float64)).all())
 
 
 def _check_step(step: object) -> int:

@@ -151,6 +151,21 @@ class SaturationTracker:
             alerts.extend(self._apply(readings[i], held))
         return alerts
 
+    def update_columns(self, columns: Any, masks: Dict[str, "numpy.ndarray"]) -> List[Alert]:
+        """:meth:`update_all` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns` and
+        its condition ``masks``: a :class:`Reading` is built only for rows where a condition holds or
+        an alert or pinned streak is open."""
+        any_held = masks[NEAR_UPPER] | masks[NEAR_LOWER] | masks[PINNED] | masks[NON_FINITE]
+        todo = set(any_held.nonzero()[0].tolist())
+        for name in self._active.keys() | self._pinned_streak.keys():
+            row = columns.layout.row(name)
+            if row is not None:  # not read at this check (another optimizer's scale): its state stays
+                todo.add(row)
+        alerts: List[Alert] = []
+        for i in sorted(todo):
+            alerts.extend(self._apply(columns.reading(i), {kind: bool(masks[kind][i]) for kind in ALERT_KINDS}))
+        return alerts
+
     def _apply(self, r: Reading, held: Dict[str, bool]) -> List[Alert]:
         name = r.name
         streak = self._pinned_streak.get(name, 0) + 1 if held[PINNED] else 0

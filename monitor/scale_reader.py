@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from operator import is_not
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors
 
 from scalewatch.monitor.bounded_scale import BoundedScale
-from scalewatch.monitor.gc_pause import gc_paused
-from scalewatch.monitor.reading import Reading, reading_from_values
+from scalewatch.monitor.check_columns import CheckColumns, ScaleLayout
+from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.watched_scale import WatchedScale
 
 
@@ -67,6 +68,7 @@ def read_scales(scales: Sequence[WatchedScale], step: int) -> List[Reading]:
     one float32 tensor per device and moved to the host in one transfer, so a
     check costs one synchronisation however many scales and elements are watched;
     hard clamps of the effective value are applied on the host, vectorised.
+    (:func:`read_columns` is the same read as columns, what the engine uses.)
 
     Raises:
         ValueError: when a scale's effective value or clamp fraction does not hold one
@@ -78,6 +80,84 @@ def read_scales(scales: Sequence[WatchedScale], step: int) -> List[Reading]:
     """
     if not scales:
         return []
+    return read_columns(scales, step, ScaleLayout(scales)).readings()
+
+
+def read_columns(scales: Sequence[WatchedScale], step: int, layout: ScaleLayout) -> CheckColumns:
+    """Read every scale at ``step`` in one host transfer, as one check's columns.
+
+    Args:
+        layout: ``ScaleLayout(scales)``, kept by the caller from check to check.
+    """
+    fast = _gather_fast(scales, layout)
+    host, slots, base = fast if fast is not None else _gather(scales)
+    return _columns(step, layout, scales, host, slots, base)
+
+
+class _FastGather:
+    """The common case, gathered with list comprehensions instead of a loop of branches per scale:
+    every scale host-clamped (its effective value is clamp(raw)), raw tensors float32 on one device."""
+
+    def __init__(self, scales: Sequence[WatchedScale]) -> None:
+        self.raws = [s.raw for s in scales]
+        self.modules = [s.module for s in scales]
+        self.counts = [r.numel() for r in self.raws]
+        self.device = self.raws[0].device
+        self.all_scalar = all(r.dim() == 0 for r in self.raws)
+        self.slots: Dict[Tuple[bytes, bytes], List[tuple]] = {}
+
+    @staticmethod
+    def eligible(scales: Sequence[WatchedScale]) -> bool:
+        device = scales[0].raw.device
+        return all(_clamped_raw(s) and s.raw.dtype == torch.float32 and s.raw.device == device for s in scales)
+
+    def slots_for(self, has_grad: bytes, has_fraction: bytes) -> List[tuple]:
+        """The slots :func:`_gather` would give, for parts ordered raws, then gradients, then fractions."""
+        slots = self.slots.get((has_grad, has_fraction))
+        if slots is None:
+            at = sum(self.counts)
+            raw_at = np.concatenate(([0], np.cumsum(self.counts)[:-1])).tolist()
+            grad_at: List[Optional[int]] = []
+            for n, g in zip(self.counts, has_grad):
+                grad_at.append(at if g else None)
+                at += n if g else 0
+            frac_at: List[Optional[int]] = []
+            for f in has_fraction:
+                frac_at.append(at if f else None)
+                at += 1 if f else 0
+            slots = self.slots[(has_grad, has_fraction)] = [
+                (self.device, n, r, None, g, f, False) for n, r, g, f in zip(self.counts, raw_at, grad_at, frac_at)]
+        return slots
+
+
+def _gather_fast(scales: Sequence[WatchedScale],
+                 layout: ScaleLayout) -> Optional[Tuple[np.ndarray, List[tuple], Dict[torch.device, int]]]:
+    recipe = layout.cache.get("fast_gather")
+    if recipe is None:
+        recipe = layout.cache["fast_gather"] = _FastGather(scales) if _FastGather.eligible(scales) else False
+    if recipe is False:
+        return None
+    grads = [r.grad for r in recipe.raws]
+    fractions = [None if m is None else m.clamp_fraction for m in recipe.modules]
+    # which are there, in C (map with operator.is_not): no Python frame per scale
+    has_grad, has_fraction = bytes(map(is_not, grads, repeat(None))), bytes(map(is_not, fractions, repeat(None)))
+    present_f = [f for f in fractions if f is not None] if any(has_fraction) else []
+    device = recipe.device
+    if not all(f.dim() == 0 and f.device == device for f in present_f):
+        return None  # a per-element fraction, or one computed on another device: the general gather
+    present_g = grads if all(has_grad) else [g for g in grads if g is not None]
+    parts = [*recipe.raws, *present_g, *present_f]
+    with torch.no_grad():
+        joined = torch.stack(parts) if recipe.all_scalar else _flatten_dense_tensors(parts)
+        host = joined.cpu().numpy()
+    if host.dtype != np.float32:
+        host = host.astype(np.float32)
+    slots = recipe.slots_for(has_grad, has_fraction)
+    return host, slots, {device: 0}
+
+
+def _gather(scales: Sequence[WatchedScale]) -> Tuple[np.ndarray, List[tuple], Dict[torch.device, int]]:
+    """Every value a check needs, flattened per device and brought to the host in one transfer."""
     tensors: Dict[torch.device, List[torch.Tensor]] = {}
     sizes: Dict[torch.device, int] = {}
     # per scale: (device, values, raw at, effective at or None (host clamp), grad at or None,
@@ -117,61 +197,62 @@ def read_scales(scales: Sequence[WatchedScale], step: int) -> List[Reading]:
             sizes[device] = at
             slots.append((device, n, raw_at, eff_at, grad_at, frac_at, per_element))
         host, base = _to_host(tensors)
-    effective = _host_effective(scales, slots, host, base)
-    values = host.tolist()
-    with gc_paused():
-        return _readings(scales, slots, values, effective, base, step)
+    return host, slots, base
 
 
-def _host_effective(scales: Sequence[WatchedScale], slots: Sequence[tuple], host: np.ndarray,
-                    base: Dict[torch.device, int]) -> Dict[int, List[float]]:
-    """``clamp(raw, min, max)`` in float32 for every host-clamped scale, as one vectorised clip."""
-    clamped = [i for i, slot in enumerate(slots) if slot[3] is None]
-    if not clamped:
-        return {}
-    counts = np.array([slots[i][1] for i in clamped], dtype=np.int64)
-    starts = np.array([base[slots[i][0]] + slots[i][2] for i in clamped], dtype=np.int64)
+def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[start, start + 1, ..., start + count - 1]`` for each pair, concatenated (vectorised)."""
     first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    positions = np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
-    lows = np.array([-np.inf if scales[i].min is None else scales[i].min for i in clamped], dtype=np.float32)
-    highs = np.array([np.inf if scales[i].max is None else scales[i].max for i in clamped], dtype=np.float32)
-    # float32 bounds, as torch.clamp casts a Python bound to the tensor's dtype
-    values = np.clip(host[positions], np.repeat(lows, counts), np.repeat(highs, counts)).tolist()
-    out, at = {}, 0
-    for i, n in zip(clamped, counts.tolist()):
-        out[i] = values[at:at + n]
-        at += n
-    return out
+    return np.repeat(starts - first, counts) + np.arange(int(counts.sum()), dtype=np.int64)
 
 
-def _readings(scales: Sequence[WatchedScale], slots: Sequence[tuple], values: List[float],
-              effective: Dict[int, List[float]], base: Dict[torch.device, int], step: int) -> List[Reading]:
-    readings: List[Reading] = []
-    append = readings.append
-    for k, (s, (device, n, raw_at, eff_at, grad_at, frac_at, per_element)) in enumerate(zip(scales, slots)):
-        b = base[device]
-        raw_at += b
-        # Built without the dataclass __init__: at 16k readings a check that is half the cost.
-        if n == 1:
-            append(reading_from_values({
-                "step": step, "name": s.name, "scale": effective[k][0] if eff_at is None else values[b + eff_at],
-                "raw": values[raw_at], "grad": None if grad_at is None else values[b + grad_at], "min": s.min,
-                "max": s.max, "bound": s.bound, "clamp_fraction": None if frac_at is None else values[b + frac_at],
-                "tensor": None, "index": None, "display": s.display}))
-            continue
-        scale_values = effective[k] if eff_at is None else values[b + eff_at:b + eff_at + n]
-        grads: Iterable[Optional[float]] = repeat(None) if grad_at is None else values[b + grad_at:b + grad_at + n]
-        fracs: Iterable[Optional[float]]
-        if frac_at is None:
-            fracs = repeat(None)
-        elif per_element:
-            fracs = values[b + frac_at:b + frac_at + n]
-        else:
-            fracs = repeat(values[b + frac_at])
-        lo, hi, bound, display, tensor = s.min, s.max, s.bound, s.display, s.name
-        for index, (name, value, raw, grad, frac) in enumerate(zip(s.element_names(), scale_values,
-                                                                   values[raw_at:raw_at + n], grads, fracs)):
-            append(reading_from_values({
-                "step": step, "name": name, "scale": value, "raw": raw, "grad": grad, "min": lo, "max": hi,
-                "bound": bound, "clamp_fraction": frac, "tensor": tensor, "index": index, "display": display}))
-    return readings
+class _Plan:
+    """Where each column's values sit in the host array, for one shape of gather (cached: the same
+    scales with the same gradients present give the same shape at every check)."""
+
+    def __init__(self, scales: Sequence[WatchedScale], slots: Sequence[tuple], base: Dict[torch.device, int]) -> None:
+        counts = np.array([sl[1] for sl in slots], dtype=np.int64)
+        at = lambda k, sl: base[sl[0]] + sl[k]  # noqa: E731
+        self.raw = _positions(np.array([at(2, sl) for sl in slots], dtype=np.int64), counts)
+        per_row = np.repeat(np.arange(len(slots)), counts)
+        own = np.array([sl[3] is not None for sl in slots], dtype=bool)
+        self.own_rows = own[per_row]  # rows whose effective value the scale computed itself
+        own_idx = np.flatnonzero(own)
+        self.own = _positions(np.array([at(3, slots[i]) for i in own_idx], dtype=np.int64), counts[own_idx])
+        lows = np.array([-np.inf if s.min is None else s.min for s in scales], dtype=np.float32)
+        highs = np.array([np.inf if s.max is None else s.max for s in scales], dtype=np.float32)
+        # float32 bounds, as torch.clamp casts a Python bound to the tensor's dtype
+        self.lows, self.highs = lows[per_row], highs[per_row]
+        has_grad = np.array([sl[4] is not None for sl in slots], dtype=bool)
+        self.has_grad = has_grad[per_row]
+        grad_idx = np.flatnonzero(has_grad)
+        self.grad = _positions(np.array([at(4, slots[i]) for i in grad_idx], dtype=np.int64), counts[grad_idx])
+        has_frac = np.array([sl[5] is not None for sl in slots], dtype=bool)
+        self.has_fraction = has_frac[per_row]
+        frac_idx = np.flatnonzero(has_frac)
+        frac_counts = np.array([counts[i] if slots[i][6] else 1 for i in frac_idx], dtype=np.int64)
+        frac_at = _positions(np.array([at(5, slots[i]) for i in frac_idx], dtype=np.int64), frac_counts)
+        # a single clamp fraction serves every element of its scale
+        per_element = np.array([slots[i][6] for i in frac_idx], dtype=bool)
+        self.fraction = np.repeat(frac_at, np.repeat(np.where(per_element, 1, counts[frac_idx]), frac_counts))
+
+
+def _columns(step: int, layout: ScaleLayout, scales: Sequence[WatchedScale], host: np.ndarray,
+             slots: List[tuple], base: Dict[torch.device, int]) -> CheckColumns:
+    cached = layout.cache.get("read_plan")
+    if cached is not None and (cached[0] is slots or cached[0] == slots) and cached[1] == base:
+        p = cached[2]
+    else:
+        p = _Plan(scales, slots, base)
+        layout.cache["read_plan"] = (slots, dict(base), p)
+    raw32 = host[p.raw]
+    scale32 = np.clip(raw32, p.lows, p.highs)  # the host clamp, bit for bit torch.clamp in float32
+    if len(p.own):
+        scale32[p.own_rows] = host[p.own]
+    n = len(raw32)
+    grad = np.full(n, np.nan)
+    grad[p.has_grad] = host[p.grad]
+    fraction = np.full(n, np.nan)
+    fraction[p.has_fraction] = host[p.fraction]
+    return CheckColumns(step, layout, scale32.astype(np.float64), raw32.astype(np.float64), grad, p.has_grad,
+                        fraction, p.has_fraction)

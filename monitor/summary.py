@@ -9,7 +9,7 @@ saturation condition at this check.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
 
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.reading import Reading
@@ -113,6 +113,36 @@ def summarize(readings: Sequence[Reading], warn_fraction: float = DEFAULT_WARN_F
         earlier = out.get(run.tensor)
         out[run.tensor] = run if earlier is None else _merge(earlier, run)
     return list(out.values())
+
+
+def summarize_columns(columns: Any, masks: Dict[str, "numpy.ndarray"],
+                      tensors: Optional[Iterable[str]] = None) -> List[TensorSummary]:
+    """:func:`summarize` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`, for the
+    scales named in ``tensors`` (default: all), with the conditions ``masks`` the check computed."""
+    import numpy as np
+
+    layout = columns.layout
+    starts = layout.group_starts
+    if not len(starts):
+        return []
+    with np.errstate(invalid="ignore"):
+        scale = np.where(np.isfinite(columns.scale), columns.scale, np.nan)
+        raw = np.where(np.isfinite(columns.raw), columns.raw, np.nan)
+        lists = {"scale_min": np.fmin.reduceat(scale, starts).tolist(),
+                 "scale_max": np.fmax.reduceat(scale, starts).tolist(),
+                 "raw_min": np.fmin.reduceat(raw, starts).tolist(), "raw_max": np.fmax.reduceat(raw, starts).tolist(),
+                 **{kind: np.add.reduceat(masks[kind].astype(np.int64), starts).tolist()
+                    for kind in (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE)}}
+    sizes = np.diff(np.append(starts, len(columns))).tolist()
+    wanted = None if tensors is None else set(tensors)
+    out = []
+    for j, (name, start) in enumerate(zip(layout.group_names, starts.tolist())):
+        if wanted is not None and name not in wanted:
+            continue
+        out.append(TensorSummary(tensor=name, step=columns.step, elements=sizes[j],
+                                 **{field: values[j] for field, values in lists.items()},
+                                 min=layout.mins[start], max=layout.maxs[start], display=layout.displays[start]))
+    return out
 
 
 def _merge(a: TensorSummary, b: TensorSummary) -> TensorSummary:

@@ -273,7 +273,7 @@ def test_the_pre_step_reader_reads_just_before_the_optimizer_steps(tmp_path: Any
             state["step"] = step
             opt.zero_grad()
             gen(torch.ones(3, 3)).sum().backward()
-            raws_before.append(float(gen.bias_scale))
+            raws_before.append(float(gen.bias_scale.detach()))
             grads_before.append(float(gen.bias_scale.grad))
             opt.step()
     handle.remove()
@@ -283,3 +283,75 @@ def test_the_pre_step_reader_reads_just_before_the_optimizer_steps(tmp_path: Any
     assert [r["raw"] for r in lines] == pytest.approx([raws_before[1], raws_before[3]])
     assert [r["grad"] for r in lines] == pytest.approx([grads_before[1], grads_before[3]])
     assert raws_before[1] != raws_before[2]  # and the optimizer stepped after the reading
+
+
+# ---- the columnar check path writes what the per-reading path writes -------------------------
+
+
+def _mixed_model() -> torch.nn.Module:
+    from scalewatch.monitor import AttentionBiasGenerator
+
+    model = torch.nn.Module()
+    model.gen = AttentionBiasGenerator(bias_scale=4.8)                          # near its upper bound
+    model.heads = AttentionBiasGenerator(bias_scale=2.5, num_heads=4)           # per head, a module
+    model.logit_scale = torch.nn.Parameter(torch.tensor(LN100_F32))             # at a one-sided bound
+    model.temps = torch.nn.Parameter(torch.tensor([0.1, float("inf"), -2.0]))   # per element, non-finite
+    model.frozen = torch.nn.Parameter(torch.tensor(1.0), requires_grad=False)   # no gradient
+    return model
+
+
+def test_the_columns_give_the_lines_keys_and_tensorboard_bytes_the_readings_give(tmp_path: Any) -> None:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from scalewatch.dashboards.tensorboard_layout import scalars_event, scalars_summary
+    from scalewatch.monitor.check_columns import ScaleLayout
+    from scalewatch.monitor.history.encoding import column_lines, reading_lines
+    from scalewatch.monitor.history.keys import column_metrics, reading_metrics
+    from scalewatch.monitor.scale_reader import read_columns
+    from scalewatch.monitor.summary import summarize, summarize_columns
+    from scalewatch.monitor.watched_scale import find_bounded_scales, watch_parameters
+
+    model = _mixed_model()
+    params = {"logit_scale": {"min": None, "max": LN100, "display": "exp"}, "temps": (-1.0, 1.0),
+              "frozen": (0.0, 2.0)}
+    scales = find_bounded_scales(model) + watch_parameters(model, params)
+    for m in (model.gen, model.heads):
+        m.track_clamp_fraction = True
+    (model.gen(torch.rand(3, 3) * 2 - 1).sum() + model.heads(torch.rand(4, 3, 3)).sum()
+     + model.logit_scale * 2 + model.temps.sum()).backward()
+    layout = ScaleLayout(scales)
+    for _ in range(2):  # the second read takes the cached plan
+        columns = read_columns(scales, 7, layout)
+        readings = columns.readings()
+        assert readings == read_scales_for(scales, 7)
+        extra = {"warn_fraction": 0.9, "patience": 3, rules.SKIPPED_STEP: True}
+        fired = {"gen": ["near_upper"], "temps[1]": ["non_finite"]}
+        assert column_lines(columns, extra, fired) == reading_lines(readings, extra, fired)
+        masks = condition_masks(readings, 0.9)
+        summaries = summarize(readings, 0.9, masks=masks)
+        assert summarize_columns(columns, masks) == summaries
+        assert column_metrics(columns) == reading_metrics(readings)
+        assert column_metrics(columns, summaries) == reading_metrics(readings, summaries)
+    metrics = reading_metrics(readings)
+    reference = Summary()
+    for tag, value in metrics.items():
+        reference.value.add(tag=tag, simple_value=value)
+    assert scalars_summary(metrics).SerializeToString() == reference.SerializeToString()
+    assert scalars_event(metrics).summary == reference
+
+
+def read_scales_for(scales: Any, step: int) -> List[Reading]:
+    """What each scale holds, read tensor by tensor (no gather, no host clamp): the reference."""
+    out = []
+    for s in scales:
+        n = s.numel
+        values = lambda t: t.detach().float().reshape(-1).tolist()  # noqa: E731
+        raw, effective = values(s.raw), values(s.effective())
+        grad = [None] * n if s.raw.grad is None else values(s.raw.grad)
+        frac = s.clamp_fraction()
+        fracs = [None] * n if frac is None else (values(frac) if frac.numel() == n > 1 else values(frac) * n)
+        for i, name in enumerate(s.element_names()):
+            out.append(Reading(step=step, name=name, scale=effective[i], raw=raw[i], grad=grad[i], min=s.min,
+                               max=s.max, bound=s.bound, clamp_fraction=fracs[i],
+                               tensor=None if n == 1 else s.name, index=None if n == 1 else i, display=s.display))
+    return out

@@ -10,7 +10,7 @@ import itertools
 import json
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.history.format import (ALERTS, DISPLAY_FIELD, ELEMENT_FIELDS, ITEM_SEPARATOR, JSON_SPELLING,
@@ -188,4 +188,64 @@ def reading_lines(readings: Sequence[Reading], extra: Optional[Mapping[str, Any]
     return "".join(_lines(steps, names, scales, raws, grads, middles, fractions, ends))
 
 
-__all__ = ["LINE_TEMPLATE", "encode_record", "reading_lines", "record_line"]
+def _extra_text(extra: Optional[Mapping[str, Any]]) -> str:
+    extra = extra or {}
+    clash = sorted(set(extra) & set(LINE_FIELDS + (ALERTS,)))
+    if clash:
+        raise ValueError(f"`extra` keys must not be reading fields or 'alerts', got {clash}")
+    return "".join(ITEM_SEPARATOR + encode_record({k: v})[1:-1] for k, v in extra.items())  # '"k": v'
+
+
+def _row_text(layout: Any) -> Tuple[List[str], List[str], List[str]]:
+    """Per row of a :class:`~scalewatch.monitor.check_columns.ScaleLayout`: the encoded name, the shared
+    part (bounds, kind) and the end before ``extra`` (tensor, index, display). Fixed for a watch: kept."""
+    cached = layout.cache.get("history_rows")
+    if cached is None:
+        names = [encode_basestring_ascii(n) for n in layout.names]
+        middles, tails = [], []
+        for lo, hi, bound, tensor, index, display in zip(layout.mins, layout.maxs, layout.bounds, layout.tensors,
+                                                          layout.indexes, layout.displays):
+            middles.append(f"{_MIN}{_number(lo)}{_MAX}{_number(hi)}{_BOUND}{encode_record(bound)}{ITEM_SEPARATOR}")
+            tail = "" if index is None else f"{_TENSOR}{encode_record(tensor)}{_INDEX}{index}"
+            tails.append(tail + ("" if display == IDENTITY else f"{_DISPLAY}{encode_record(display)}"))
+        cached = layout.cache["history_rows"] = (names, middles, tails)
+    return cached
+
+
+def _column_numbers(values: Any, present: Any = None) -> List[str]:
+    """A float64 column as JSON numbers; rows where ``present`` is False as ``null``."""
+    items = values.tolist()
+    if present is not None and not present.all():
+        for i in (~present).nonzero()[0].tolist():
+            items[i] = None
+    return _numbers(items)
+
+
+def column_lines(columns: Any, extra: Optional[Mapping[str, Any]] = None,
+                 alerts: Optional[Mapping[str, List[str]]] = None) -> str:
+    """:func:`reading_lines` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
+    the same text, byte for byte, with no object per reading; what a watch's rows share is
+    encoded once per watch, not once per check."""
+    extra_text = _extra_text(extra)
+    n = len(columns)
+    if not n:
+        return ""
+    names, middles, tails = _row_text(columns.layout)
+    steps = [_number(int(columns.step))] * n
+    raws = _column_numbers(columns.raw)
+    same = columns.scale.tobytes() == columns.raw.tobytes()  # bit for bit (-0.0 and NaN payloads included)
+    scales = raws if same else _column_numbers(columns.scale)
+    grads = _column_numbers(columns.grad, columns.has_grad)
+    fractions = _column_numbers(columns.clamp_fraction, columns.has_fraction)
+    none_fired = "" if alerts is None else _NONE_FIRED
+    suffix = extra_text + none_fired
+    ends = [t + suffix for t in tails]
+    if alerts:
+        for name, kinds in alerts.items():
+            row = columns.layout.row(name)
+            if kinds and row is not None:
+                ends[row] = tails[row] + extra_text + f"{_ALERTS}{encode_record(kinds)}"
+    return "".join(_lines(steps, names, scales, raws, grads, middles, fractions, ends))
+
+
+__all__ = ["LINE_TEMPLATE", "column_lines", "encode_record", "reading_lines", "record_line"]

@@ -10,7 +10,7 @@ instead: ``scalewatch/TENSOR/FIELD`` for FIELD in :data:`SUMMARY_KEY_FIELDS`
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.summary import SUMMARY_FIELDS, TensorSummary
@@ -102,6 +102,35 @@ def reading_metrics(readings: Sequence[Reading],
     return metrics
 
 
+def column_metrics(columns: Any, summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
+    """:func:`reading_metrics` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
+    the same keys and values, field by field from the columns (keys worked out once per watch)."""
+    layout = columns.layout
+    rows = None if summaries is None else ~layout.is_element  # summarised: the elements are left out
+    present = {"scale": None, "raw": None, "min": layout.has_lo, "max": layout.has_hi, "grad": columns.has_grad,
+               "clamp_fraction": columns.has_fraction}
+    values = {"scale": columns.scale, "raw": columns.raw, "min": layout.lo, "max": layout.hi, "grad": columns.grad,
+              "clamp_fraction": columns.clamp_fraction}
+    metrics: Dict[str, float] = {}
+    for field in READING_KEY_FIELDS:
+        keys, column, has = layout.keys(field), values[field], present[field]
+        if rows is not None:
+            has = rows if has is None else has & rows
+        if has is None:
+            metrics.update(zip(keys.tolist(), column.tolist()))
+        elif has.any():
+            metrics.update(zip(keys[has].tolist(), column[has].tolist()))
+    for summary in summaries or ():
+        prefix = f"{KEY_PREFIX}{summary.tensor}/"
+        for field in SUMMARY_FIELDS:
+            metrics[prefix + field] = float(getattr(summary, field))
+        for field in BOUND_KEY_FIELDS:
+            bound = getattr(summary, field)
+            if bound is not None:
+                metrics[prefix + field] = bound
+    return metrics
+
+
 def margin_tags(name: str) -> List[str]:
     """The TensorBoard Margin chart of a scale: value, lower, upper = its scale, min, max."""
     return [metric_key(name, "scale"), metric_key(name, "min"), metric_key(name, "max")]
@@ -113,5 +142,5 @@ def summary_margin_tags(tensor: str) -> List[str]:
 
 
 __all__ = ["ALL_KEYS_GLOB", "BOUND_KEY_FIELDS", "KEY_PREFIX", "MetricKey", "PLOT_TAG", "READING_KEY_FIELDS",
-           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "margin_tags", "metric_key", "name_glob",
+           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "column_metrics", "margin_tags", "metric_key", "name_glob",
            "parse_metric_key", "reading_metrics", "summary_margin_tags"]

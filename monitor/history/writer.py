@@ -5,7 +5,7 @@ import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
 
-from scalewatch.monitor.history.encoding import reading_lines, record_line
+from scalewatch.monitor.history.encoding import column_lines, reading_lines, record_line
 from scalewatch.monitor.history.lines import mend_tail
 from scalewatch.monitor.history.reader import iter_history
 from scalewatch.monitor.reading import Reading
@@ -42,7 +42,9 @@ class HistoryWriter:
         does: the same lines as :meth:`append` of their records plus ``extra`` and ``alerts``,
         without building a dict per reading (16k element readings: about three times faster).
         """
-        self._write(reading_lines(readings, extra, alerts))
+        # one check's CheckColumns (the engine's check path) or a list of readings
+        lines = column_lines if hasattr(readings, "layout") else reading_lines
+        self._write(lines(readings, extra, alerts))
 
     def _write(self, text: str) -> None:
         f = self._open()
