@@ -1,9 +1,11 @@
-"""Front doors onto the one engine: ScaleWatcher (any loop), ScaleMonitor (Lightning, either package).
+"""Every front door onto the one engine: ScaleWatcher (any loop), ScaleMonitor (Lightning, either package),
+ScaleMonitorCallback (HF Transformers), ScaleMonitorHook (mmengine), ScaleMonitorHandler (PyTorch Ignite).
 
 Names load on first use: ``from scalewatch.callbacks import ScaleWatcher`` needs no
-Lightning, and ``ScaleMonitor`` imports whichever Lightning package is installed.
-The HF Transformers and mmengine doors are ``scalewatch.callbacks.hf`` and
-``scalewatch.callbacks.mmengine``; ``ScaleMonitorHandler`` (PyTorch Ignite) imports Ignite.
+trainer, and each door imports its framework only when it is asked for (an
+ImportError naming the extra when that framework is missing). mmengine's config
+still names ``custom_imports=dict(imports=["scalewatch.callbacks.mmengine"])`` so
+that the hook is registered before the Runner builds its hooks.
 """
 import importlib
 from typing import Any
@@ -14,6 +16,7 @@ _EXPORTS = {
     "ScaleSink": "logger_sinks", "MetricsSink": "logger_sinks", "TensorBoardSink": "logger_sinks",
     "WandbSink": "logger_sinks",
     "ScaleMonitor": "scale_monitor",
+    "ScaleMonitorCallback": "hf", "ScaleMonitorHook": "mmengine",
     "ScaleMonitorHandler": "ignite_handler",
 }
 _ELSEWHERE = {"PLOT_FILENAME": "scalewatch.dashboards.filenames"}

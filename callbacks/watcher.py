@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from scalewatch.callbacks.alert_sinks import send_alerts
-from scalewatch.callbacks.history_sink import HistorySink
+from scalewatch.callbacks.history_recorder import HistoryRecorder
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.dashboards.filenames import PLOT_FILENAME
@@ -178,7 +178,7 @@ class ScaleWatcher:
         self.should_stop = False
         self.last_columns: Optional[CheckColumns] = None  # the last check's readings
         self._layouts: Dict[Tuple[int, ...], ScaleLayout] = {}
-        self.history: Optional[HistorySink] = None
+        self.history: Optional[HistoryRecorder] = None
         self._last_seen: Optional[int] = None
         self._resume: Optional[Dict[str, Any]] = None
         self._started = False
@@ -318,7 +318,7 @@ class ScaleWatcher:
             if fresh:
                 self._set_aside_earlier_history()
             values = sum(s.numel for s in self.scales)
-            self.history = HistorySink(self.history_path, background=values >= BACKGROUND_HISTORY_VALUES)
+            self.history = HistoryRecorder(self.history_path, background=values >= BACKGROUND_HISTORY_VALUES)
             if self._resume is not None:
                 self.history.resume(self._resume.get("history_path"), self._resume["last_step"])
             elif not fresh:  # e.g. another fit() of the same trainer goes on from its step

@@ -175,7 +175,7 @@ def shown_json(out: Dict[str, Any], display: str) -> Dict[str, Any]:
     return shown
 
 
-def summarize(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
+def summarize_records(records: Iterable[Dict[str, Any]]) -> List[ScaleSummary]:
     """One summary per scale, in the order the scales first appear (streamed a block at a time)."""
     out: Dict[str, ScaleSummary] = {}
     stream = iter(records)
@@ -282,7 +282,7 @@ def group_summaries(summaries: Iterable[ScaleSummary]) -> List[TensorReport]:
 
 
 def summarize_history(path: str, problems: Optional[ReadProblems] = None) -> List[ScaleSummary]:
-    """:func:`summarize` of a history file, read with the column reader (no per-line JSON)."""
+    """:func:`summarize_records` of a history file, read with the column reader (no per-line JSON)."""
     from scalewatch.dashboards.history_columns import read_series  # numpy-heavy: only for history files
 
     return [ScaleSummary.of(s) for s in read_series(path, problems, gradient=False).values()]

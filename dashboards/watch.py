@@ -40,7 +40,8 @@ SPARK_WIDTH = 30
 BAR_WIDTH = 24
 ALERTS_SHOWN = 8
 
-Alert = Tuple[int, str, str, float]  # (step, name, kind, scale)
+#: an alert as a history line records it: (step, name, kind, scale); the engine's Alert is monitor.saturation's
+SeenAlert = Tuple[int, str, str, float]
 
 
 # ---- what is known so far --------------------------------------------------------------
@@ -66,12 +67,12 @@ class LiveState:
     def reset(self) -> None:
         """Forget everything (the file was replaced or cut back)."""
         self.scales: Dict[str, LiveScale] = {}
-        self.alerts: Deque[Alert] = deque(maxlen=self.alerts_kept)
+        self.alerts: Deque[SeenAlert] = deque(maxlen=self.alerts_kept)
         self.alert_count = 0
         self.readings = 0
         self.last_step: Optional[int] = None
 
-    def add(self, record: Dict[str, Any]) -> List[Alert]:
+    def add(self, record: Dict[str, Any]) -> List[SeenAlert]:
         """Take one reading in; return the alerts it carries."""
         name = str(record["name"])
         scale = self.scales.get(name)
@@ -477,7 +478,7 @@ def plain_tensor_line(row: Row) -> str:
             f"{bar_ascii(r, band=row.band)}  {status}")
 
 
-def plain_alert(alert: Alert, record: Optional[Dict[str, Any]] = None) -> str:
+def plain_alert(alert: SeenAlert, record: Optional[Dict[str, Any]] = None) -> str:
     step, name, kind, value = alert
     where = ""
     if record:
@@ -528,11 +529,11 @@ def watch(path: str, options: WatchOptions, out: Optional[TextIO] = None, err: O
     state = LiveState()
     deadline = None if options.duration is None else time.monotonic() + options.duration
 
-    def catch_up() -> List[Alert]:
+    def catch_up() -> List[SeenAlert]:
         _follow_newest(follower, options)
         if follower.check():
             state.reset()
-        fired: List[Alert] = []
+        fired: List[SeenAlert] = []
         for record in follower.read():
             fired.extend(state.add(record))
         return fired
@@ -632,9 +633,9 @@ class _TensorLines:
         self.state, self.out = state, out
         self._key: Optional[Tuple[str, Any]] = None
         self._names: List[str] = []
-        self._alerts: List[Tuple[Alert, Dict[str, Any]]] = []
+        self._alerts: List[Tuple[SeenAlert, Dict[str, Any]]] = []
 
-    def add(self, record: Dict[str, Any], fired: List[Alert]) -> None:
+    def add(self, record: Dict[str, Any], fired: List[SeenAlert]) -> None:
         tensor = record.get("tensor")
         key = None if tensor is None else (tensor, record.get("step"))
         if key != self._key:

@@ -6,25 +6,18 @@ that only read a history (the command line) start without importing torch.
 import importlib
 from typing import Any
 
+# The public API: what the README and DESIGN.md use. Everything else is reached through its
+# module (``scalewatch.monitor.rules``, ``scalewatch.monitor.history``, ...).
 _EXPORTS = {
     "AttentionBiasGenerator": "attention_bias", "SOFTMAX_EDGE": "attention_bias",
-    "BoundedScale": "bounded_scale",
-    "check_bounds": "validation",
-    "DISPLAYS": "display", "display_record": "display", "display_value": "display", "format_range": "display",
-    "gc_paused": "gc_pause",
-    "HISTORY_FILENAME": "history", "HistoryWriter": "history", "ReadProblems": "history",
-    "copy_history": "history", "iter_history": "history",
-    "LearnableScale": "learnable_scale",
+    "BoundedScale": "bounded_scale", "LearnableScale": "learnable_scale", "ScaleSpec": "scale_spec",
     "PRESETS": "presets", "preset": "presets",
-    "Reading": "reading", "read_scales": "scale_reader", "reading_lines": "record_encoding",
-    "ScaleSpec": "scale_spec",
-    "SUMMARY_FIELDS": "summary", "TensorSummary": "summary", "summarize": "summary",
-    "EveryNSteps": "schedule",
-    "ALERT_KINDS": "saturation", "NEAR_LOWER": "saturation", "NEAR_UPPER": "saturation",
-    "NON_FINITE": "saturation", "PINNED": "saturation", "Alert": "saturation", "SaturationTracker": "saturation",
-    "condition_masks": "saturation", "is_pinned": "saturation", "lower_warning": "saturation", "upper_warning": "saturation",
-    "WatchedScale": "watched_scale", "check_param_bounds": "watched_scale", "find_bounded_scales": "watched_scale",
-    "watch_parameters": "watched_scale",
+    "Reading": "reading", "read_scales": "scale_reader", "find_bounded_scales": "watched_scale",
+    "ALERT_KINDS": "rules", "NEAR_LOWER": "rules", "NEAR_UPPER": "rules", "NON_FINITE": "rules", "PINNED": "rules",
+    "lower_warning": "rules", "upper_warning": "rules",
+    "Alert": "saturation", "SaturationTracker": "saturation",
+    "TensorSummary": "summary", "summarize": "summary",
+    "HISTORY_FILENAME": "history", "HistoryWriter": "history", "ReadProblems": "history", "iter_history": "history",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -105,7 +105,7 @@ def test_plain_install_needs_no_trainer_and_each_framework_is_an_extra(wheel):
 
 def test_the_engine_knows_no_trainer():
     # ScaleWatcher and everything it imports must work in a plain loop with no framework installed
-    for name in ("watcher.py", "watch_settings.py", "logger_sinks.py", "alert_sinks.py", "history_sink.py"):
+    for name in ("watcher.py", "watch_settings.py", "logger_sinks.py", "alert_sinks.py", "history_recorder.py"):
         text = (ROOT / "callbacks" / name).read_text()
         found = set(re.findall(r"^\s*(?:from|import)\s+([\w.]+)", text, flags=re.M))
         bad = {m for m in found if m.split(".")[0] in ("pytorch_lightning", "lightning", "transformers", "mmengine")}

@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from models import DriftModel
 from scalewatch.callbacks import ScaleMonitor
-from scalewatch.dashboards.report import summarize
+from scalewatch.dashboards.report import summarize_records
 from scalewatch.dashboards.sources import (CSV, HISTORY, TENSORBOARD, SourceError, find_source, infer_bound,
                                            parse_key, torn_tail)
 from scalewatch.dashboards.watch import HistoryFollower, LiveState, holding_now
@@ -110,7 +110,7 @@ def test_missing_and_empty_places_are_one_line_errors(tmp_path):
 
 def test_report_numbers_match_the_history(run):
     hist = list(iter_history(run["history"]))
-    summaries = {s.name: s for s in summarize(hist)}
+    summaries = {s.name: s for s in summarize_records(hist)}
     for name in (UP, DOWN):
         mine = [r for r in hist if r["name"] == name]
         s = summaries[name]

@@ -20,7 +20,7 @@ MEMORY_FALLBACK_RECORDS = 200_000
 BACKGROUND_QUEUE_CHECKS = 4
 
 
-class HistorySink:
+class HistoryRecorder:
     """Appends records to the history file; falls back to a bounded in-memory buffer.
 
     A directory that cannot be written must not stop training: one warning, then
