@@ -199,6 +199,11 @@ class ScaleMonitorCallback(TrainerCallback):
                 run = getattr(getattr(cb, "_wandb", None), "run", None)
                 if run is not None:
                     sinks.append(WandbSink(run, step_metric=HF_WANDB_STEP_METRIC))
+            elif type(cb).__name__ == "MLflowCallback":  # its run: metrics, alert tags, history and plot artifacts
+                from scalewatch.callbacks.mlflow_sink import active_run_sink
+
+                sink = active_run_sink(os.path.abspath(args.output_dir))
+                sinks.append(sink if sink is not None else IntegrationSink(cb, args, state, control))
             elif isinstance(cb, INTEGRATIONS):
                 sinks.append(IntegrationSink(cb, args, state, control))
         return sinks

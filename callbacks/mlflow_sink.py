@@ -235,5 +235,24 @@ def active_run_sink(log_dir: Optional[str] = None) -> Optional[MlflowSink]:
     return MlflowSink(mlflow.tracking.MlflowClient(mlflow.get_tracking_uri()), run.info.run_id, log_dir)
 
 
+def is_lightning_mlflow(logger: Any) -> bool:
+    """Whether ``logger`` is Lightning's ``MLFlowLogger`` (either package), without importing mlflow."""
+    cls = type(logger)
+    return cls.__name__ == "MLFlowLogger" and cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+
+
+def lightning_log_dir(logger: Any, root: Optional[str]) -> Optional[str]:
+    """The run's own folder for a Lightning ``MLFlowLogger`` (rank zero), instead of its shared ``save_dir``."""
+    run_id = getattr(logger, "run_id", None)
+    return run_log_dir(logger.experiment, run_id, root) if run_id else None
+
+
+def lightning_sink(logger: Any, log_dir: Optional[str]) -> MlflowSink:
+    """A Lightning ``MLFlowLogger``'s run as a sink: its client and run id (the keys go out with
+    :func:`mlflow_key`: Lightning's own ``log_metrics`` would strip the brackets of ``NAME[i]``)."""
+    return MlflowSink(logger.experiment, logger.run_id, log_dir)
+
+
 __all__ = ["ALERTS_TAG", "ALERT_TAG", "ARTIFACT_DIR", "MLFLOW_CLOSE_WAIT", "MlflowSink", "active_run_sink",
-           "key_from_mlflow", "local_path", "mlflow_key", "run_log_dir"]
+           "is_lightning_mlflow", "key_from_mlflow", "lightning_log_dir", "lightning_sink", "local_path", "mlflow_key",
+           "run_log_dir"]

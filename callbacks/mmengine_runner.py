@@ -35,10 +35,15 @@ class RunnerSink(ScaleSink):
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.pending: Dict[str, float] = {}
+        #: an MLflowVisBackend's run: its alerts as tags, the history and plot as its artifacts
+        self.trackers: List[ScaleSink] = []
 
     def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
         for backend in _backends(self.runner, TensorboardVisBackend):
             tensorboard_layout.write_margin_layout(backend.experiment, names, summarised)
+        self.trackers = _mlflow_sinks(self.runner)
+        for tracker in self.trackers:
+            tracker.start(names, summarised)
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         hub = self.runner.message_hub
@@ -61,9 +66,18 @@ class RunnerSink(ScaleSink):
     def alert(self, alert: Alert) -> None:
         for backend in _backends(self.runner, WandbVisBackend):
             WandbSink(backend.experiment).alert(alert)
+        for tracker in self.trackers:
+            tracker.alert(alert)
+
+    def flush(self) -> None:
+        for tracker in self.trackers:
+            tracker.flush()
 
     def log_figure(self, fig: Any, series: List[TensorSeries], step: int, final: bool) -> None:
         import numpy as np
+
+        for tracker in self.trackers:
+            tracker.log_figure(fig, series, step, final)
 
         fig.canvas.draw()
         image = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
@@ -102,6 +116,21 @@ class RunLogFile(logging.Handler):
         for handler in self.files:
             if line.levelno >= handler.level:
                 handler.handle(line)
+
+
+def _mlflow_sinks(runner: Any) -> List[ScaleSink]:
+    """The MLflow run of each MLflowVisBackend (LoggerHook sends it the values; these add alerts and artifacts)."""
+    from mmengine.visualization import MLflowVisBackend
+
+    sinks: List[ScaleSink] = []
+    for backend in _backends(runner, MLflowVisBackend):
+        backend.experiment  # noqa: B018 - starts its run if it has not yet
+        from scalewatch.callbacks.mlflow_sink import active_run_sink
+
+        sink = active_run_sink(runner.log_dir)
+        if sink is not None:
+            sinks.append(sink)
+    return sinks
 
 
 def logger_hooks(runner: Any) -> List[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from scalewatch.callbacks import lightning_compat as compat
+from scalewatch.callbacks import mlflow_sink
 from scalewatch.callbacks.lightning_compat import MisconfigurationException
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
@@ -145,8 +146,12 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # trainer.log_dir is a collective under DDP: every rank asks.
         log_dir = trainer.log_dir or trainer.default_root_dir
+        first = trainer.loggers[0] if trainer.loggers else None
+        if trainer.is_global_zero and first is not None and mlflow_sink.is_lightning_mlflow(first):
+            # an MLflow run's history and plot are its own, not its tracking root's (shared by other runs)
+            log_dir = mlflow_sink.lightning_log_dir(first, trainer.default_root_dir) or log_dir
         if self.watcher is not None:
-            self.watcher.attach(log_dir=log_dir, loggers=[_sink(logger) for logger in trainer.loggers])
+            self.watcher.attach(log_dir=log_dir, loggers=[_sink(logger, log_dir) for logger in trainer.loggers])
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Runs after a checkpoint's state was restored, whatever the strategy.
@@ -207,8 +212,10 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         self._loaded = dict(state_dict)
 
 
-def _sink(logger: Any) -> ScaleSink:
+def _sink(logger: Any, log_dir: Optional[str] = None) -> ScaleSink:
     """A Lightning logger of either package as the engine's sink."""
+    if mlflow_sink.is_lightning_mlflow(logger):
+        return mlflow_sink.lightning_sink(logger, log_dir)
     if isinstance(logger, compat.tensorboard_logger_classes()):
         return TensorBoardSink(logger.experiment, log_metrics=lambda m, s: logger.log_metrics(m, step=s))
     if isinstance(logger, compat.wandb_logger_classes()):
