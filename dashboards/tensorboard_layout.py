@@ -42,13 +42,7 @@ def scalars_summary(metrics: Dict[str, float]) -> Any:
     """
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    tags = tuple(metrics)
-    template = _TEMPLATES.get(tags)
-    if template is None:
-        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[tags] = _summary_template(tags)
-    return Summary.FromString(_summary_bytes(metrics, tags, template))
+    return Summary.FromString(_summary_bytes(metrics))
 
 
 def scalars_event(metrics: Dict[str, float]) -> Any:
@@ -56,19 +50,19 @@ def scalars_event(metrics: Dict[str, float]) -> Any:
     them), parsed once from its wire bytes instead of copying a parsed summary into a new event."""
     from tensorboard.compat.proto.event_pb2 import Event
 
+    summary = _summary_bytes(metrics)
+    return Event.FromString(b"\x2a" + _varint(len(summary)) + summary)  # Event.summary: field 5
+
+
+def _summary_bytes(metrics: Dict[str, float]) -> bytes:
+    import numpy as np
+
     tags = tuple(metrics)
     template = _TEMPLATES.get(tags)
     if template is None:
         if len(_TEMPLATES) >= _TEMPLATES_KEPT:
             _TEMPLATES.clear()
         template = _TEMPLATES[tags] = _summary_template(tags)
-    summary = _summary_bytes(metrics, tags, template)
-    return Event.FromString(b"\x2a" + _varint(len(summary)) + summary)  # Event.summary: field 5
-
-
-def _summary_bytes(metrics: Dict[str, float], tags: tuple, template: Any) -> bytes:
-    import numpy as np
-
     buffer, slots = template
     data = buffer.copy()
     with np.errstate(over="ignore"):  # beyond float32's range is inf, as protobuf's own cast gives

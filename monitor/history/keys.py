@@ -91,6 +91,12 @@ def reading_metrics(readings: Sequence[Reading],
             value = values[field]
             if value is not None:  # a missing bound, gradient or clamp fraction is not logged
                 metrics[prefix + field] = value
+    _add_summaries(metrics, summaries)
+    return metrics
+
+
+def _add_summaries(metrics: Dict[str, float], summaries: Optional[Sequence[TensorSummary]]) -> None:
+    """Each summarised tensor's ``scalewatch/TENSOR/FIELD`` values (its bounds when it has them)."""
     for summary in summaries or ():
         prefix = f"{KEY_PREFIX}{summary.tensor}/"
         for field in SUMMARY_FIELDS:
@@ -99,7 +105,6 @@ def reading_metrics(readings: Sequence[Reading],
             bound = getattr(summary, field)
             if bound is not None:
                 metrics[prefix + field] = bound
-    return metrics
 
 
 def column_metrics(columns: Any, summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
@@ -120,14 +125,7 @@ def column_metrics(columns: Any, summaries: Optional[Sequence[TensorSummary]] = 
             metrics.update(zip(keys.tolist(), column.tolist()))
         elif has.any():
             metrics.update(zip(keys[has].tolist(), column[has].tolist()))
-    for summary in summaries or ():
-        prefix = f"{KEY_PREFIX}{summary.tensor}/"
-        for field in SUMMARY_FIELDS:
-            metrics[prefix + field] = float(getattr(summary, field))
-        for field in BOUND_KEY_FIELDS:
-            bound = getattr(summary, field)
-            if bound is not None:
-                metrics[prefix + field] = bound
+    _add_summaries(metrics, summaries)
     return metrics
 
 
