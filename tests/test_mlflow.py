@@ -234,9 +234,9 @@ def test_an_unreachable_tracking_server_delays_no_step(tmp_path: Any) -> None:
     client = MlflowClient(f"http://127.0.0.1:{_free_port()}")  # nothing listens there
     sink = MlflowSink(client, "0" * 32, str(tmp_path))
     sink._local = False
-    started = time.monotonic()
     for step in range(50):
         sink.log_metrics({SCALE_KEY: 1.0}, step)
         sink.alert(Alert("pinned", GEN, step, 5.0, 5.2, 0.0, 0.5, 5.0, "m"))
-    assert time.monotonic() - started < 2.0  # queued, not sent, on the training thread
+    # every call returned while the dead server still holds the sink's thread: they were queued, not sent
+    assert sink._queue or sink._busy
     sink.wait(timeout=5.0)
