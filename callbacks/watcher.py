@@ -33,6 +33,7 @@ from scalewatch.monitor.scale_reader import read_columns, read_scales  # noqa: F
 from scalewatch.monitor.summary import TensorSummary, summarize_columns
 from scalewatch.monitor.schedule import EveryNSteps
 from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
+from scalewatch.monitor import sharded
 
 log = logging.getLogger("scalewatch")
 if not logging.getLogger().hasHandlers() and not log.handlers:
@@ -161,6 +162,9 @@ class ScaleWatcher:
         self.model = model
         self.log_dir: Optional[str] = None if log_dir is None else os.fspath(log_dir)
         self.scales: List[WatchedScale] = find_bounded_scales(model) + watch_parameters(model, settings.params)
+        # several processes, or a sharded scale: every check gathers the full values in one
+        # collective (monitor/sharded.py); the ranks agree here once on what they watch
+        self._reader: Optional[sharded.DistributedReader] = sharded.reader_for(model, self.scales)
         # The user's N, else the trainer's logging interval (a door's choice), else the default.
         self.schedule = EveryNSteps(settings.every_n_steps or door_every_n_steps or DEFAULT_EVERY_N_STEPS, first_step)
         self.tracker = SaturationTracker(settings.warn_fraction, settings.patience)
@@ -310,6 +314,10 @@ class ScaleWatcher:
             self.last_step, self.checks, self._last_seen = -1, 0, None
             self.tracker.load_state_dict({})
         self._started = True
+        # the tensors the model holds now (fully_shard replaces them, FSDP1 shards them in place)
+        if sharded.rebind(self.model, self.scales):
+            self._optimizer_scales, self._owned = {}, set()
+        self._reader = sharded.reader_for(self.model, self.scales, self._reader)
         self._track_clamp_fraction(self.schedule(step))  # the forward passes of the first step
         if not self.is_global_zero:
             self._resume = None
@@ -436,7 +444,8 @@ class ScaleWatcher:
         # that walk the whole process; none of them is garbage until the check is over.
         # The check is columns from the transfer to the record: no object per value.
         with gc_paused():
-            columns = read_columns(scales, step, self._layout(scales))
+            columns = (read_columns(scales, step, self._layout(scales)) if self._reader is None else
+                       self._reader.read_columns(scales, step, self._layout(scales)))
             masks = condition_columns(columns.scale, columns.raw, columns.grad, columns.has_grad, columns.layout.lo,
                                       columns.layout.hi, columns.layout.hard, self.warn_fraction, grad_must_be_finite)
             alerts = self.tracker.update_columns(columns, masks)

@@ -56,6 +56,11 @@ class AttentionBiasGenerator(BoundedScale):
             (``use_local_bias=False``: ``[..., H, K]``, bias ``[..., H, 1, K]``). Bounds,
             the final clamp and ``clamp_fraction`` (shape ``(H,)``) apply per head;
             ScaleMonitor reads each head as ``NAME[h]``.
+        shardable: ``True`` holds the single shared scale as a 1-element ``(1,)``
+            tensor instead of a 0-dim one, so that FSDP2's ``fully_shard``, FSDP1 and
+            DeepSpeed can shard it (they refuse 0-dim parameters). Nothing else changes:
+            :attr:`scale` is 0-dim, the bias the same, old 0-dim checkpoints load, and
+            records name it as one value. (A per-head scale is shardable as it is.)
 
     Raises:
         ValueError: on bad bounds, a non-finite or out-of-bounds ``bias_scale``,
@@ -74,10 +79,11 @@ class AttentionBiasGenerator(BoundedScale):
 
     def __init__(self, bias_scale: float = 2.5, learnable_scale: bool = True, min_scale: float = 0.5,
                  max_scale: float = 5.0, use_local_bias: bool = True, fp16: bool = True,
-                 bound: Bound = "hard", num_heads: Optional[int] = None) -> None:
+                 bound: Bound = "hard", num_heads: Optional[int] = None, shardable: bool = False) -> None:
         num_heads = check_num_heads(num_heads)
         super().__init__(bias_scale, min_scale, max_scale, learnable=learnable_scale, bound=bound,
-                         init_name="bias_scale", shape=() if num_heads is None else (num_heads, 1, 1))
+                         init_name="bias_scale", shape=() if num_heads is None else (num_heads, 1, 1),
+                         shardable=shardable)
         self.num_heads = num_heads
         self.use_local_bias = bool(use_local_bias)
         self.fp16 = bool(fp16)

@@ -10,7 +10,7 @@ and how the bound is enforced. ScaleMonitor finds every module that subclasses
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,12 @@ class BoundedScale(nn.Module):
         init_name: the argument name used for ``init`` in error messages.
         shape: shape of the raw tensor, every element starting at ``init``; ``()``
             (the default) is a single scalar. The bounds apply element-wise.
+        shardable: for a single scalar (``shape=()``), hold the raw value as a
+            1-element ``(1,)`` tensor, which FSDP2's ``fully_shard``, FSDP1 and
+            DeepSpeed can shard (they refuse 0-dim parameters). :attr:`scale` stays
+            0-dim, checkpoints of either shape load into either, and records name it
+            as a single value. (:func:`scalewatch.monitor.sharded.make_shardable` does this to
+            a built model.)
 
     Raises:
         ValueError: on non-finite or inconsistent bounds, an ``init`` outside
@@ -50,7 +56,8 @@ class BoundedScale(nn.Module):
     raw_scale_name: str = "raw"
 
     def __init__(self, init: float, min_scale: float, max_scale: float, learnable: bool = True,
-                 bound: Bound = "hard", *, init_name: str = "init", shape: Sequence[int] = ()) -> None:
+                 bound: Bound = "hard", *, init_name: str = "init", shape: Sequence[int] = (),
+                 shardable: bool = False) -> None:
         super().__init__()
         self.min_scale, self.max_scale = check_bounds(min_scale, max_scale)
         init = check_finite_number(init_name, init)
@@ -64,7 +71,10 @@ class BoundedScale(nn.Module):
                              f"with bound='soft' (the sigmoid never reaches its ends), got {init!r}")
         self.bound: Bound = bound
         self.learnable = bool(learnable)
-        raw = torch.full(tuple(shape), self._raw_from_scale(init), dtype=torch.float32)
+        #: one value used as a 0-dim scale (whether held as ``()`` or, shardable, as ``(1,)``)
+        self.scalar = tuple(shape) == ()
+        raw = torch.full((1,) if shardable and self.scalar else tuple(shape), self._raw_from_scale(init),
+                         dtype=torch.float32)
         if self.learnable:
             setattr(self, self.raw_scale_name, nn.Parameter(raw))
         else:
@@ -89,11 +99,33 @@ class BoundedScale(nn.Module):
 
     @property
     def scale(self) -> Tensor:
-        """The effective scale in float32, differentiable w.r.t. the raw tensor."""
-        raw = self.raw_scale.float()
+        """The effective scale in float32, differentiable w.r.t. the raw tensor (0-dim for a single scalar)."""
+        raw = self.raw_scale
+        if self.scalar and raw.dim() == 1:  # shardable: held as (1,), used as 0-dim
+            raw = raw.reshape(())
+        return self.scale_of(raw)
+
+    def scale_of(self, raw: Tensor) -> Tensor:
+        """The effective scale for the raw value(s) ``raw``, element-wise, in float32.
+
+        What :attr:`scale` computes from the module's own raw tensor; a watcher uses it on
+        the full raw value gathered from a sharded model. Subclasses that change how the
+        effective scale follows from the raw one override this.
+        """
+        raw = raw.float()
         if self.bound == "hard":
             return torch.clamp(raw, self.min_scale, self.max_scale)
         return self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A single scalar loads from a checkpoint of either shape: 0-dim (the default) or (1,) (shardable).
+        key = prefix + self.raw_scale_name
+        value = state_dict.get(key)
+        if self.scalar and isinstance(value, Tensor) and value.numel() == 1:
+            own = getattr(self, self.raw_scale_name)
+            if value.dim() != own.dim() and own.numel() == 1:
+                state_dict[key] = value.reshape(own.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def scale_bounds(self) -> Tuple[float, float]:

@@ -11,7 +11,8 @@ class LearnableScale(BoundedScale):
 
     The library's second bounded scale, for scales that are not attention biases
     (a CLIP-style logit scale, a residual gate). ScaleMonitor finds it like the
-    bias generator. Arguments as in :class:`BoundedScale`.
+    bias generator. Arguments as in :class:`BoundedScale` (``shardable=True`` holds the
+    scale as a ``(1,)`` tensor that FSDP and DeepSpeed can shard; :attr:`scale` stays 0-dim).
 
     Example::
 
@@ -20,8 +21,8 @@ class LearnableScale(BoundedScale):
     """
 
     def __init__(self, init: float = 1.0, min_scale: float = 0.0, max_scale: float = 10.0,
-                 learnable: bool = True, bound: Bound = "hard") -> None:
-        super().__init__(init, min_scale, max_scale, learnable=learnable, bound=bound)
+                 learnable: bool = True, bound: Bound = "hard", shardable: bool = False) -> None:
+        super().__init__(init, min_scale, max_scale, learnable=learnable, bound=bound, shardable=shardable)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale.to(x.dtype)

@@ -1,8 +1,9 @@
 """Handles on the scales a monitor watches: library modules and bare parameters."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,7 @@ from scalewatch.monitor.bounded_scale import BoundedScale
 from scalewatch.monitor.display import IDENTITY
 from scalewatch.monitor.name_patterns import check_pattern, is_pattern, match_names, no_match_hint
 from scalewatch.monitor.scale_spec import ScaleSpec, check_scale_spec
+from scalewatch.monitor.sharded import NamedTensor, full_shapes, named_modules, named_tensors
 
 #: a watched tensor holding more values than this is refused: each value becomes one
 #: reading (one history line per check), so this is a weight matrix matched by mistake
@@ -26,6 +28,9 @@ class WatchedScale:
     (a ``None`` bound is no clamp on that side). A tensor of more than one value is
     read element-wise: :attr:`numel` readings named by :meth:`element_names`.
     ``display`` is how dashboards show it (see :mod:`scalewatch.monitor.display`).
+    ``owner`` and ``attr`` say where the tensor is registered (so that a watcher finds it
+    again after ``fully_shard`` replaced it), ``shape`` is its full shape when the
+    tensor is a shard (see :mod:`scalewatch.monitor.sharded`).
     """
 
     name: str
@@ -35,12 +40,17 @@ class WatchedScale:
     bound: str = "hard"
     module: Optional[BoundedScale] = None
     display: str = IDENTITY
+    owner: Optional[nn.Module] = field(default=None, repr=False)
+    attr: Optional[str] = field(default=None, repr=False)
+    shape: Optional[Tuple[int, ...]] = None
     _element_names: Optional[List[str]] = field(default=None, init=False, repr=False)
 
     @property
     def numel(self) -> int:
-        """How many values (readings) the scale holds: 1, or e.g. the heads of a per-head scale."""
-        return self.raw.numel()
+        """How many values (readings) the scale holds: 1, or e.g. the heads of a per-head scale
+        (all of them, also where this process holds a shard)."""
+        shape = self.shape
+        return self.raw.numel() if shape is None else math.prod(shape)
 
     def element_names(self) -> List[str]:
         """The reading names: ``[name]`` for a single value, ``NAME[i]`` (flat index) per element else.
@@ -70,11 +80,16 @@ def find_bounded_scales(root: nn.Module) -> List[WatchedScale]:
     :attr:`WatchedScale.numel` is ``H``: its heads are read as ``NAME[h]``.
     """
     found = []
-    for path, module in root.named_modules():
+    shape_of = None
+    for path, module in named_modules(root):  # the model's own paths, through DDP, FSDP, compile, ...
         if isinstance(module, BoundedScale):
-            found.append(WatchedScale(name=path or type(module).__name__, raw=module.raw_scale,
+            if shape_of is None:
+                shape_of = full_shapes(root)
+            raw = module.raw_scale
+            found.append(WatchedScale(name=path or type(module).__name__, raw=raw,
                                       min=module.min_scale, max=module.max_scale, bound=module.bound,
-                                      module=module))
+                                      module=module, owner=module, attr=module.raw_scale_name,
+                                      shape=shape_of(module, module.raw_scale_name, raw)))
     return found
 
 
@@ -117,8 +132,13 @@ def watch_parameters(root: nn.Module, params: Mapping[str, object]) -> List[Watc
             :func:`check_param_bounds`).
     """
     specs = check_param_bounds(params)
-    tensors: Dict[str, Tensor] = dict(root.named_parameters())
-    tensors.update(dict(root.named_buffers()))
+    if not specs:
+        return []
+    # the model's own names, whatever wraps it (DDP's module., compile's _orig_mod., FSDP1's ...)
+    named_params, named_buffers = named_tensors(root)
+    entries: Dict[str, NamedTensor] = {t.name: t for t in named_params}
+    entries.update({t.name: t for t in named_buffers})
+    tensors: Dict[str, Tensor] = {n: t.tensor for n, t in entries.items()}
     owned = {id(m.raw_scale) for m in root.modules() if isinstance(m, BoundedScale)}
     claimed: Dict[str, str] = {}
     watched = []
@@ -132,7 +152,7 @@ def watch_parameters(root: nn.Module, params: Mapping[str, object]) -> List[Watc
         elif key in tensors:
             names = [key]
         else:
-            scalars = sorted(n for n, t in tensors.items() if t.numel() == 1)
+            scalars = sorted(n for n, t in entries.items() if math.prod(t.shape) == 1)
             raise ValueError(f"`params` names {key!r}, which is not a parameter or buffer of "
                              f"{type(root).__name__}; single-value ones are: {scalars}{no_match_hint(key)}")
         for name in names:
@@ -140,18 +160,22 @@ def watch_parameters(root: nn.Module, params: Mapping[str, object]) -> List[Watc
                 raise ValueError(f"`params` keys {claimed[name]!r} and {key!r} both name {name!r}; "
                                  "give each tensor one entry")
             claimed[name] = key
-            watched.append(_watch_tensor(key, name, tensors[name], spec))
+            watched.append(_watch_tensor(key, entries[name], spec))
     return watched
 
 
-def _watch_tensor(key: str, name: str, tensor: Tensor, spec: ScaleSpec) -> WatchedScale:
+def _watch_tensor(key: str, entry: NamedTensor, spec: ScaleSpec) -> WatchedScale:
+    name, tensor = entry.name, entry.tensor
+    numel = math.prod(entry.shape)
     if tensor.is_complex():
         raise ValueError(f"`params[{key!r}]` names {name!r}, a complex tensor ({tensor.dtype}); only real ones "
                          "can be watched as a scale")
-    if tensor.numel() == 0:
-        raise ValueError(f"`params[{key!r}]` names {name!r} of shape {tuple(tensor.shape)}, which holds no value")
-    if tensor.numel() > MAX_ELEMENTS:
-        raise ValueError(f"`params[{key!r}]` names {name!r} of shape {tuple(tensor.shape)}: {tensor.numel()} values, "
+    if numel == 0:
+        raise ValueError(f"`params[{key!r}]` names {name!r} of shape {entry.shape}, which holds no value")
+    if numel > MAX_ELEMENTS:
+        raise ValueError(f"`params[{key!r}]` names {name!r} of shape {entry.shape}: {numel} values, "
                          f"more than {MAX_ELEMENTS} (each value is one reading per check); name the scale "
                          "tensors more narrowly")
-    return WatchedScale(name=name, raw=tensor, min=spec.min, max=spec.max, display=spec.display)
+    shape = entry.shape if entry.shape != tuple(tensor.shape) else None
+    return WatchedScale(name=name, raw=tensor, min=spec.min, max=spec.max, display=spec.display,
+                        owner=entry.owner, attr=entry.attr, shape=shape)
