@@ -144,11 +144,7 @@ def reading_lines(readings: Sequence[Reading], extra: Optional[Mapping[str, Any]
 
         writer.append_readings(readings, {"warn_fraction": 0.9, "patience": 3}, {"logit_scale": ["pinned"]})
     """
-    extra = extra or {}
-    clash = sorted(set(extra) & set(LINE_FIELDS + (ALERTS,)))
-    if clash:
-        raise ValueError(f"`extra` keys must not be reading fields or 'alerts', got {clash}")
-    extra_text = "".join(ITEM_SEPARATOR + encode_record({k: v})[1:-1] for k, v in extra.items())  # '"k": v'
+    extra_text = _extra_text(extra)
     if not readings:
         return ""
     # Columns of numbers become JSON text in one C-level repr of a list each: per-value
