@@ -30,7 +30,7 @@ from scalewatch.monitor.rules import (DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE,
                                       condition_columns)
 from scalewatch.monitor.saturation import Alert, SaturationTracker
 from scalewatch.monitor.scale_reader import read_columns, read_scales  # noqa: F401 (read_scales: importable here)
-from scalewatch.monitor.summary import TensorSummary, summarize_columns
+from scalewatch.monitor.summary import SummaryColumns, summary_columns
 from scalewatch.monitor.schedule import EveryNSteps
 from scalewatch.monitor.watched_scale import WatchedScale, find_bounded_scales, watch_parameters
 from scalewatch.monitor import sharded
@@ -449,7 +449,7 @@ class ScaleWatcher:
             masks = condition_columns(columns.scale, columns.raw, columns.grad, columns.has_grad, columns.layout.lo,
                                       columns.layout.hi, columns.layout.hard, self.warn_fraction, grad_must_be_finite)
             alerts = self.tracker.update_columns(columns, masks)
-            summaries = summarize_columns(columns, masks, self.summarised) if self.summarised else None
+            summaries = summary_columns(columns, masks, self.summarised) if self.summarised else None
             # A gradient scaler skips a step whose gradients overflowed: the record says so, so
             # that a view re-judges the non-finite gradient as the engine did (no alert).
             skipped = not grad_must_be_finite and not columns.grads_finite()
@@ -481,7 +481,7 @@ class ScaleWatcher:
         return [] if self.last_columns is None else self.last_columns.readings()
 
     def _record(self, step: int, columns: CheckColumns, alerts: List[Alert],
-                summaries: Optional[List[TensorSummary]] = None, skipped_step: bool = False) -> None:
+                summaries: Optional[SummaryColumns] = None, skipped_step: bool = False) -> None:
         if self.sinks:
             metrics = column_metrics(columns, summaries)
             for sink in self.sinks:

@@ -75,6 +75,14 @@ class ScaleLayout:
             self._row = {n: i for i, n in enumerate(self.names)}
         return self._row.get(name)
 
+    def group_keys(self, field: str) -> np.ndarray:
+        """``scalewatch/NAME/FIELD`` of every scale (a per-tensor summary's keys), worked out once per field."""
+        keys = self._keys.get("/" + field)
+        if keys is None:
+            keys = self._keys["/" + field] = np.array([f"{KEY_PREFIX}{n}/{field}" for n in self.group_names],
+                                                     dtype=object)
+        return keys
+
     def keys(self, field: str) -> np.ndarray:
         """``scalewatch/NAME/FIELD`` of every row, as an object array (worked out once per field)."""
         keys = self._keys.get(field)

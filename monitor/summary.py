@@ -115,34 +115,60 @@ def summarize(readings: Sequence[Reading], warn_fraction: float = DEFAULT_WARN_F
     return list(out.values())
 
 
-def summarize_columns(columns: Any, masks: Dict[str, "numpy.ndarray"],
-                      tensors: Optional[Iterable[str]] = None) -> List[TensorSummary]:
-    """:func:`summarize` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`, for the
-    scales named in ``tensors`` (default: all), with the conditions ``masks`` the check computed."""
+class SummaryColumns:
+    """One check's per-tensor summaries as columns, one row per scale of the layout (``layout.group_names``).
+
+    ``fields`` holds a numpy array per name in :data:`SUMMARY_FIELDS`; ``wanted`` marks the
+    rows (scales) the loggers get as summaries. :meth:`summaries` makes the objects.
+    """
+
+    def __init__(self, columns: Any, fields: Dict[str, "numpy.ndarray"], wanted: "numpy.ndarray") -> None:
+        self.columns, self.fields, self.wanted = columns, fields, wanted
+
+    def summaries(self) -> List[TensorSummary]:
+        """The wanted rows as :class:`TensorSummary` objects."""
+        layout, step = self.columns.layout, self.columns.step
+        lists = {name: column.tolist() for name, column in self.fields.items()}
+        starts = layout.group_starts.tolist()
+        return [TensorSummary(tensor=layout.group_names[j], step=step, **{name: lists[name][j] for name in lists},
+                              min=layout.mins[starts[j]], max=layout.maxs[starts[j]],
+                              display=layout.displays[starts[j]])
+                for j in self.wanted.nonzero()[0].tolist()]
+
+
+def summary_columns(columns: Any, masks: Dict[str, "numpy.ndarray"],
+                    tensors: Optional[Iterable[str]] = None) -> SummaryColumns:
+    """:func:`summarize` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`, as columns,
+    for the scales named in ``tensors`` (default: all), with the conditions ``masks`` the check computed."""
     import numpy as np
 
     layout = columns.layout
     starts = layout.group_starts
+    if tensors is None:
+        wanted = np.ones(len(starts), dtype=bool)
+    else:
+        key = ("summarised", tuple(tensors))
+        wanted = layout.cache.get(key)
+        if wanted is None:
+            names = set(key[1])
+            wanted = layout.cache[key] = np.array([n in names for n in layout.group_names], dtype=bool)
     if not len(starts):
-        return []
+        return SummaryColumns(columns, {name: np.zeros(0) for name in SUMMARY_FIELDS}, wanted)
     with np.errstate(invalid="ignore"):
         scale = np.where(np.isfinite(columns.scale), columns.scale, np.nan)
         raw = np.where(np.isfinite(columns.raw), columns.raw, np.nan)
-        lists = {"scale_min": np.fmin.reduceat(scale, starts).tolist(),
-                 "scale_max": np.fmax.reduceat(scale, starts).tolist(),
-                 "raw_min": np.fmin.reduceat(raw, starts).tolist(), "raw_max": np.fmax.reduceat(raw, starts).tolist(),
-                 **{kind: np.add.reduceat(masks[kind].astype(np.int64), starts).tolist()
-                    for kind in (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE)}}
-    sizes = np.diff(np.append(starts, len(columns))).tolist()
-    wanted = None if tensors is None else set(tensors)
-    out = []
-    for j, (name, start) in enumerate(zip(layout.group_names, starts.tolist())):
-        if wanted is not None and name not in wanted:
-            continue
-        out.append(TensorSummary(tensor=name, step=columns.step, elements=sizes[j],
-                                 **{field: values[j] for field, values in lists.items()},
-                                 min=layout.mins[start], max=layout.maxs[start], display=layout.displays[start]))
-    return out
+        fields = {"elements": np.diff(np.append(starts, len(columns))),
+                  "scale_min": np.fmin.reduceat(scale, starts), "scale_max": np.fmax.reduceat(scale, starts),
+                  "raw_min": np.fmin.reduceat(raw, starts), "raw_max": np.fmax.reduceat(raw, starts),
+                  **{kind: np.add.reduceat(masks[kind].astype(np.int64), starts)
+                     for kind in (NEAR_UPPER, NEAR_LOWER, PINNED, NON_FINITE)}}
+    return SummaryColumns(columns, {name: fields[name] for name in SUMMARY_FIELDS}, wanted)
+
+
+def summarize_columns(columns: Any, masks: Dict[str, "numpy.ndarray"],
+                      tensors: Optional[Iterable[str]] = None) -> List[TensorSummary]:
+    """:func:`summary_columns` as :class:`TensorSummary` objects."""
+    return summary_columns(columns, masks, tensors).summaries()
 
 
 def _merge(a: TensorSummary, b: TensorSummary) -> TensorSummary:

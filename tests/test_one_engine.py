@@ -308,7 +308,7 @@ def test_the_columns_give_the_lines_keys_and_tensorboard_bytes_the_readings_give
     from scalewatch.monitor.history.encoding import column_lines, reading_lines
     from scalewatch.monitor.history.keys import column_metrics, reading_metrics
     from scalewatch.monitor.scale_reader import read_columns
-    from scalewatch.monitor.summary import summarize, summarize_columns
+    from scalewatch.monitor.summary import summarize, summarize_columns, summary_columns
     from scalewatch.monitor.watched_scale import find_bounded_scales, watch_parameters
 
     model = _mixed_model()
@@ -332,6 +332,11 @@ def test_the_columns_give_the_lines_keys_and_tensorboard_bytes_the_readings_give
         assert summarize_columns(columns, masks) == summaries
         assert column_metrics(columns) == reading_metrics(readings)
         assert column_metrics(columns, summaries) == reading_metrics(readings, summaries)
+        as_columns = summary_columns(columns, masks)
+        assert column_metrics(columns, as_columns) == reading_metrics(readings, summaries)
+        tensors = [t.tensor for t in summaries if t.elements > 1]
+        wanted = [t for t in summaries if t.tensor in tensors]
+        assert column_metrics(columns, summary_columns(columns, masks, tensors)) == reading_metrics(readings, wanted)
     metrics = reading_metrics(readings)
     reference = Summary()
     for tag, value in metrics.items():

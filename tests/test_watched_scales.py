@@ -19,9 +19,10 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from scalewatch.monitor import (NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, AttentionBiasGenerator, HistoryWriter,
-                                Reading, SaturationTracker, ScaleSpec, check_param_bounds, condition_masks,
-                                display_record, display_value, format_range, iter_history, read_scales, summarize,
-                                watch_parameters)
+                                Reading, SaturationTracker, ScaleSpec, iter_history, read_scales, summarize)
+from scalewatch.monitor.display import display_record, display_value, format_range
+from scalewatch.monitor.saturation import condition_masks
+from scalewatch.monitor.watched_scale import check_param_bounds, watch_parameters
 from scalewatch.monitor.record_encoding import encode_record, reading_lines
 from scalewatch.monitor.watched_scale import MAX_ELEMENTS, WatchedScale
 

@@ -107,9 +107,13 @@ def _add_summaries(metrics: Dict[str, float], summaries: Optional[Sequence[Tenso
                 metrics[prefix + field] = bound
 
 
-def column_metrics(columns: Any, summaries: Optional[Sequence[TensorSummary]] = None) -> Dict[str, float]:
+def column_metrics(columns: Any, summaries: Any = None) -> Dict[str, float]:
     """:func:`reading_metrics` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
-    the same keys and values, field by field from the columns (keys worked out once per watch)."""
+    the same keys and values, field by field from the columns (keys worked out once per watch).
+
+    ``summaries``: a :class:`~scalewatch.monitor.summary.SummaryColumns` (or a list of
+    :class:`~scalewatch.monitor.summary.TensorSummary`) of the summarised tensors.
+    """
     layout = columns.layout
     rows = None if summaries is None else ~layout.is_element  # summarised: the elements are left out
     present = {"scale": None, "raw": None, "min": layout.has_lo, "max": layout.has_hi, "grad": columns.has_grad,
@@ -118,15 +122,26 @@ def column_metrics(columns: Any, summaries: Optional[Sequence[TensorSummary]] = 
               "clamp_fraction": columns.clamp_fraction}
     metrics: Dict[str, float] = {}
     for field in READING_KEY_FIELDS:
-        keys, column, has = layout.keys(field), values[field], present[field]
-        if rows is not None:
-            has = rows if has is None else has & rows
-        if has is None:
-            metrics.update(zip(keys.tolist(), column.tolist()))
-        elif has.any():
-            metrics.update(zip(keys[has].tolist(), column[has].tolist()))
-    _add_summaries(metrics, summaries)
+        _put(metrics, layout.keys(field), values[field], present[field], rows)
+    if summaries is None or isinstance(summaries, list):
+        _add_summaries(metrics, summaries)
+        return metrics
+    # per-tensor summaries as columns: one row per scale, keys worked out once per watch
+    starts, wanted = layout.group_starts, summaries.wanted
+    for field in SUMMARY_FIELDS:
+        _put(metrics, layout.group_keys(field), summaries.fields[field].astype(float), wanted)
+    for field, bounds, has in (("min", layout.lo, layout.has_lo), ("max", layout.hi, layout.has_hi)):
+        _put(metrics, layout.group_keys(field), bounds[starts], wanted & has[starts])
     return metrics
+
+
+def _put(metrics: Dict[str, float], keys: Any, column: Any, present: Any, rows: Any = None) -> None:
+    if rows is not None:
+        present = rows if present is None else present & rows
+    if present is None:
+        metrics.update(zip(keys.tolist(), column.tolist()))
+    elif present.any():
+        metrics.update(zip(keys[present].tolist(), column[present].tolist()))
 
 
 def margin_tags(name: str) -> List[str]:
