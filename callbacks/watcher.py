@@ -45,8 +45,8 @@ if not logging.getLogger().hasHandlers() and not log.handlers:
 #: every_n_steps when neither the user nor the front door chooses one
 DEFAULT_EVERY_N_STEPS = 50
 #: watches of at least this many values write their history on a writer thread
-#: (encoding 16k lines is tens of milliseconds; a few hundred cost well under one)
-BACKGROUND_HISTORY_VALUES = 2048
+#: (encoding 1000 lines is a few milliseconds, 16k tens of them; a few hundred cost well under one)
+BACKGROUND_HISTORY_VALUES = 1000
 
 
 class StepResult(List[Alert]):
