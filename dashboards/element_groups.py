@@ -31,6 +31,12 @@ class ElementGroup(ScaleBounds):
                    display=first.display, elements=list(elements))
 
     @property
+    def element_count(self) -> int:
+        """How many elements the tensor has: the engine's count when it was logged as a per-tensor
+        summary (read back from a logger as the two edges of its band), else the elements recorded."""
+        return max([len(self.elements)] + [getattr(e, "logged_elements", 0) for e in self.elements])
+
+    @property
     def single(self) -> bool:
         """A single-value scale (not an element of a tensor): drawn and reported as it always was."""
         return len(self.elements) == 1 and self.elements[0].index is None

@@ -216,7 +216,7 @@ def _draw_scale(ax: Axes, s: ScaleSeries, max_points: int) -> None:
 def _draw_tensor(ax: Axes, t: TensorSeries, max_points: int) -> None:
     """A per-head tensor: the band of its elements, the alerted ones on their own, bounds and alerts."""
     alerted = t.alerted
-    n, named = len(t.elements), min(len(alerted), MAX_NAMED_ELEMENTS)
+    n, named = t.element_count, min(len(alerted), MAX_NAMED_ELEMENTS)
     # the band of the elements not drawn on their own, so the alerted ones do not hide the rest
     steps, low, high = t.band("scale", leave_out=named)
     x, lo, hi = band_envelope(steps, shown_values(t, low), shown_values(t, high), max_points)
@@ -391,7 +391,7 @@ def draw_gradient_strip(ax: Axes, entries: Sequence[Tuple[Union[ScaleSeries, Ten
         else:
             named = min(len(t.alerted), MAX_NAMED_ELEMENTS)
             _gradient_band(ax, t, color, max_points,
-                           f"{label}, min..max of\n{_band_members(len(t.elements), named)}\n"
+                           f"{label}, min..max of\n{_band_members(t.element_count, named)}\n"
                            f"(all: {_zero_share(zero, len(g))})" if single else None)
         spans = _merge_close(outside_spans(t), x_span / max_points)
         if len(spans):
@@ -521,7 +521,7 @@ def _draw_compare_panel(ax: Axes, name: str, entries: Sequence[Tuple[TensorSerie
             x, lo, hi = band_envelope(steps, to_y(low), to_y(high), max_points)
             ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0, zorder=2,
                             label=f"{label}  {t.range_text()}  last {last}\n"
-                                  f"  band: {_band_members(len(t.elements), named)}")
+                                  f"  band: {_band_members(t.element_count, named)}")
             for edge in (lo, hi):  # a band of no height still shows
                 ax.plot(x, edge, color=color, lw=1.0, zorder=2)
             shown += [lo[np.isfinite(lo)], hi[np.isfinite(hi)]]
@@ -553,7 +553,7 @@ def _draw_compare_panel(ax: Axes, name: str, entries: Sequence[Tuple[TensorSerie
                        label=f"alert: {kind}")
     allv = np.concatenate(shown) if shown else np.empty(0)
     _y_range(ax, allv[np.isfinite(allv)], float(np.ptp(allv[np.isfinite(allv)])) if allv.size else math.nan)
-    ax.set_title(name + ("" if entries[0][0].single else f"   ({len(entries[0][0].elements)} elements)"),
+    ax.set_title(name + ("" if entries[0][0].single else f"   ({entries[0][0].element_count} elements)"),
                  fontsize=10, loc="left")
     ax.grid(alpha=0.3)
     _legend(ax)

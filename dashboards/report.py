@@ -71,6 +71,7 @@ class ScaleSummary(ScaleBounds):
             return
         self.min, self.max, self.warn_fraction, self.bound = s.min, s.max, s.warn_fraction, s.bound
         self.tensor, self.index, self.display = s.tensor, s.index, s.display
+        self.logged_elements = max(self.logged_elements, s.logged_elements)
         steps = np.asarray(s.steps, dtype=np.float64)
         scale = np.asarray(s.scale, dtype=np.float64)
         self.readings += n
@@ -252,7 +253,7 @@ class TensorReport(ElementGroup):
             return self.elements[0].to_json()
         (lo, hi), (raw_lo, raw_hi), (g_lo, g_hi) = (self.last_range(w) for w in ("scale", "raw", "grad"))
         out = {
-            "name": self.name, "element_count": len(self.elements), "min": js_number(self.min),
+            "name": self.name, "element_count": self.element_count, "min": js_number(self.min),
             "max": js_number(self.max), "bound": self.bound, "warn_fraction": js_number(self.warn_fraction),
             "upper_warning": js_number(self.upper_warning), "lower_warning": js_number(self.lower_warning),
             "readings": self.readings, "first_step": self.first_step, "last_step": self.last_step,
@@ -419,7 +420,7 @@ def _table(tensors: List[TensorReport]) -> List[Sequence[str]]:
         return fmt_number(lo) if lo == hi else f"{fmt_number(lo)}..{fmt_number(hi)}"
 
     for t in tensors:
-        rows.append((_name_cell(t, t.name), str(len(t.elements)), str(t.readings), pair(t, t.last_range()),
+        rows.append((_name_cell(t, t.name), str(t.element_count), str(t.readings), pair(t, t.last_range()),
                      shown_cell(t, t.scale_min), shown_cell(t, t.scale_max), bounds_cell(t), warn_cell(t),
                      near_bound_cell(t), str(t.pinned_now), pair(t, t.last_range("raw"), False),
                      pair(t, t.last_range("grad"), False), str(len(_all_alerts(t.elements)))))

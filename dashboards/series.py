@@ -49,6 +49,8 @@ class ScaleBounds:
     tensor: Optional[str] = None
     index: Optional[int] = None
     display: str = IDENTITY
+    #: a summarised tensor read back from a logger: the element count its summary logged (else 0)
+    logged_elements: int = 0
 
     def take_bounds(self, record: Dict[str, Any]) -> None:
         """Copy a record's bounds, warn fraction and bound kind (kept when absent), tensor and display."""
@@ -58,6 +60,9 @@ class ScaleBounds:
         self.bound = record.get("bound") or self.bound
         self.tensor, self.index = record.get("tensor"), record.get("index")
         self.display = record.get("display") or IDENTITY
+        logged = record.get("summary")
+        if logged:
+            self.logged_elements = int(logged.get("elements", 0))
 
     @property
     def group(self) -> str:

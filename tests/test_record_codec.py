@@ -382,6 +382,7 @@ def test_report_and_plot_from_loggers_show_the_summarised_tensor(summarised_run,
     assert got["scale_min"] == pytest.approx(min(r["scale"] for r in heads))
     assert got["scale_max"] == pytest.approx(max(r["scale"] for r in heads))
     assert (got["min"], got["max"]) == (0.5, 5.0)
+    assert got["element_count"] == HEADS  # the engine's count, not the band's two edges
     assert main(["report", summarised_run["root"], "--from", kind]) == 0
     text = capsys.readouterr().out
     assert "heads" in text and "heads[max]" in text  # the tensor's row, and its band's top edge alerting
