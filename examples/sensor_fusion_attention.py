@@ -6,6 +6,7 @@ from typing import Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from query_token_router import QueryTokenRouter
 from scalewatch.monitor import AttentionBiasGenerator
@@ -14,7 +15,8 @@ from scalewatch.monitor import AttentionBiasGenerator
 class SensorFusionAttention(nn.Module):
     """Multi-head cross-attention whose logits get the attention-bias generator's bias.
 
-    ``logits = q k^T / sqrt(d_head) + bias``, ``bias = attention_bias_generator(router(queries, health))``:
+    ``logits = q k^T / sqrt(d_head) + bias``, ``bias = attention_bias_generator(router(queries, health))``,
+    the bias going into ``F.scaled_dot_product_attention`` as its float ``attn_mask``:
     the router says, per query and token, how far to trust the token (in
     ``[-1, 1]``), the generator turns that into a logit shift of at most
     ``±min(5, max_scale)``: the same for every head, or, with a per-head generator
@@ -74,7 +76,10 @@ class SensorFusionAttention(nn.Module):
             bias = generator(weights).unsqueeze(1)  # [B, 1, Q, K], |bias| <= min(5, max_scale)
         else:  # the same weights for every head, each scaled by its own scale
             bias = generator(weights.unsqueeze(1).expand(-1, self.num_heads, -1, -1))  # [B, H, Q, K]
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias.to(q.dtype)
-        probs = torch.softmax(logits, dim=-1)
-        out = (probs @ v).transpose(1, 2).reshape(batch, -1, self.num_heads * self.head_dim)
+        bias = bias.to(q.dtype)
+        # softmax(q k^T / sqrt(d_head) + bias) v: the bias is SDPA's float mask (what `attention=` reads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        with torch.no_grad():  # the probabilities, for the example's own logged numbers only
+            probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias, dim=-1)
+        out = out.transpose(1, 2).reshape(batch, -1, self.num_heads * self.head_dim)
         return self.out_proj(out), probs
