@@ -155,11 +155,15 @@ class _Interceptor:
     # -- the module stack
 
     def _enter(self, module: nn.Module, _inputs: Any) -> None:
+        if _compiling():  # traced by torch.compile: nothing of this goes into a graph
+            return
         self.stack.append(module)
         for w in self.watches:
             w.seen(module)
 
     def _leave(self, module: nn.Module, _inputs: Any, _output: Any) -> None:
+        if _compiling():
+            return
         stack = self.stack
         while stack:
             if stack.pop() is module:
@@ -179,12 +183,13 @@ class _Interceptor:
 
 
 _INTERCEPTOR = _Interceptor()
+_compiling = torch.compiler.is_compiling
 
 
 def _wrap_sdpa(original: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Tensor:
         out = original(*args, **kwargs)  # first: invalid arguments fail as SDPA fails
-        if _INTERCEPTOR.watches:
+        if _INTERCEPTOR.watches and not _compiling():
             _INTERCEPTOR.sdpa(args, kwargs)
         return out
 
@@ -196,7 +201,7 @@ def _wrap_sdpa(original: Callable[..., Tensor]) -> Callable[..., Tensor]:
 def _wrap_softmax(original: Callable[..., Tensor], dim_name: str) -> Callable[..., Tensor]:
     def softmax(x: Any, *args: Any, **kwargs: Any) -> Tensor:
         out = original(x, *args, **kwargs)
-        if _INTERCEPTOR.watches:
+        if _INTERCEPTOR.watches and not _compiling():
             _INTERCEPTOR.softmax(x, args[0] if args else kwargs.get(dim_name))
         return out
 

@@ -13,7 +13,7 @@ import copy
 import logging
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 INSTALL_HINT = ("scalewatch's ScaleMonitorCallback needs HF Transformers: pip install 'scalewatch[transformers]'. "
                 "Without it, use scalewatch.callbacks.ScaleWatcher in your own loop")
@@ -104,6 +104,7 @@ class ScaleMonitorCallback(TrainerCallback):
         max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
+        attention: Union[bool, Dict[str, Any]] = False,
     ) -> None:
         self.settings = WatchSettings.from_arguments(locals())
         self.watcher: Optional[ScaleWatcher] = None

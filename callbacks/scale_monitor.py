@@ -7,7 +7,7 @@ checkpoint.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from scalewatch.callbacks import lightning_compat as compat
 from scalewatch.callbacks import mlflow_sink
@@ -80,6 +80,7 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
+        attention: Union[bool, Dict[str, Any]] = False,
         state_key_suffix: str = "",
     ) -> None:
         try:
@@ -178,16 +179,17 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         # `self.log(..., prog_bar=True)` would cost ~1 ms a check and, for a float, a
         # host-to-device copy on a GPU.
         columns = self.watcher.last_columns if self.watcher is not None else None
-        if columns is None:
+        scale_rows = self.watcher.scale_rows if self.watcher is not None else 0  # not the attention statistics
+        if columns is None or not scale_rows:
             return
-        readings = columns.readings(range(min(2, len(columns))))  # the two shown, not every reading
+        readings = columns.readings(range(min(2, scale_rows)))  # the two shown, not every reading
         # The connector's dict itself: the `trainer.progress_bar_metrics` property first walks every
         # value logged this step (a detach each, an `.item()` each for prog_bar ones: a host sync on a GPU).
         shown = getattr(getattr(trainer, "_logger_connector", None), "_progress_bar_metrics", None)
         if not isinstance(shown, dict):  # another Lightning layout: the public property
             shown = trainer.progress_bar_metrics
         for r in readings[:2]:
-            key = "scale" if len(columns) == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
+            key = "scale" if scale_rows == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
             shown[key] = round(r.scale, 4)
 
     # ---- the end ------------------------------------------------------------------------

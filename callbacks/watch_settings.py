@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar, Union
 
+from scalewatch.monitor.attention_options import check_attention
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert, check_patience, check_warn_fraction
 from scalewatch.monitor.schedule import check_every_n_steps
@@ -62,6 +63,15 @@ SETTING_DOCS: Dict[str, str] = {
         elements in all (default 256: Swin V2's 138 heads), and beyond it one
         per-tensor summary each, ``scalewatch/NAME/{scale_min,scale_max,raw_min,
         raw_max,near_upper,near_lower,pinned,non_finite,elements,min,max}``.""",
+    "attention": """watch the attention softmax itself, on the forwards of check steps only:
+        per attention module ``M`` and head ``h``, ``M.max_logit[h]`` (largest |logit|, the
+        threshold is its ``max``: ``near_upper`` warns above ``warn_fraction`` of it),
+        ``M.entropy[h]`` (mean row entropy, nats) and ``M.saturated[h]`` (share of rows with top
+        probability > 0.99), from every ``F.scaled_dot_product_attention`` call (timm, HF
+        ``sdpa``, ``nn.MultiheadAttention``). ``True``, or a dict: ``{"max_logit": 100.0,
+        "modules": [PATTERN], "softmax": [PATTERN] (hand-written attention: these modules'
+        ``softmax(logits, dim=-1)``), "samples": None (first k of each batch), "memory_mib": 64}``.
+        Off check steps nothing is installed.""",
 }
 
 
@@ -111,6 +121,7 @@ class WatchSettings:
     max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS
     notify: Optional[Any] = field(default=None, repr=False)  # a URL holds a token: never in a repr
     max_logged_elements: int = MAX_LOGGED_ELEMENTS
+    attention: Union[bool, Dict[str, Any]] = False
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> "WatchSettings":
@@ -132,6 +143,7 @@ class WatchSettings:
         check_positive_int("max_plot_panels", self.max_plot_panels)
         check_positive_int("max_logged_elements", self.max_logged_elements, minimum=0)
         self.notify_urls = _resolve_notify(self.notify)
+        self.attention_options = check_attention(self.attention)
 
 
 def _resolve_notify(notify: Any) -> Tuple[str, ...]:

@@ -11,12 +11,13 @@ import logging
 import numbers
 import os
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
 from scalewatch.callbacks.alert_sinks import send_alerts
+from scalewatch.callbacks.attention_watch import ATTENTION_FIELD, AttentionStat, AttentionWatch
 from scalewatch.callbacks.history_recorder import HistoryRecorder
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
@@ -148,6 +149,7 @@ class ScaleWatcher:
         max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
+        attention: Union[bool, Dict[str, Any]] = False,
         grad_scaler: Any = None,
         is_global_zero: Optional[bool] = None,
         settings: Optional[WatchSettings] = None,
@@ -172,10 +174,14 @@ class ScaleWatcher:
         self.sinks: List[ScaleSink] = self._sinks(tensorboard, wandb_run, loggers)
         self.grad_scaler = grad_scaler
         self._flagged_modules = list({id(s.module): s.module for s in self.scales if s.module is not None}.values())
-        elements = sum(s.numel for s in self.scales if s.numel > 1)
+        #: the attention statistics (``attention=``): per-head readings of the softmax itself, whose
+        #: interception is armed for the forwards of check steps only (callbacks/attention_watch.py)
+        self.attention: Optional[AttentionWatch] = (None if settings.attention_options is None else
+                                                    AttentionWatch(model, settings.attention_options))
+        self._attention_now: List[AttentionStat] = []  # the statistics read at this check
+        self._scales_now: List[WatchedScale] = []  # and the scales read with them
         #: multi-element tensors logged as per-tensor summaries (beyond the element cap)
-        self.summarised: List[str] = ([s.name for s in self.scales if s.numel > 1]
-                                      if elements > settings.max_logged_elements else [])
+        self.summarised: List[str] = self._summarised()
 
         self.last_step: int = -1      # the last step read
         self.checks: int = 0          # readings taken
@@ -187,13 +193,14 @@ class ScaleWatcher:
         self._resume: Optional[Dict[str, Any]] = None
         self._started = False
         self._closed = False
+        self._started_at: Optional[int] = None  # the step whose step() started the record
         self._tracking = False
         self._notifier: Any = None
         # per-optimizer reads (step(..., optimizer=)): each optimizer's scales, and which read this check
         self._optimizer_scales: Dict[int, List[WatchedScale]] = {}
         self._owned: set = set()
         self._optimizers_read: set = set()
-        if not self.scales:
+        if not self.scales and self.attention is None:
             log.warning("scalewatch found no bounded scale (AttentionBiasGenerator, LearnableScale, ...) in %s and "
                         "no `params` were given, so it records nothing; watch a bare parameter with "
                         "params={'logit_scale': (0.0, 4.6052)}", type(model).__name__)
@@ -237,13 +244,24 @@ class ScaleWatcher:
         """What loggers get keys for: every scale, or element (``NAME[i]``) of a tensor
         that is not :attr:`summarised`."""
         skip = set(self.summarised)
-        return [n for s in self.scales if s.name not in skip for n in s.element_names()]
+        return [n for s in self._all_scales() if s.name not in skip for n in s.element_names()]
+
+    def _all_scales(self) -> List[WatchedScale]:
+        """The watched scales, then every attention statistic seen so far."""
+        if self.attention is None:
+            return self.scales
+        return self.scales + [h for handles in self.attention.stats.values() for h in handles]
+
+    def _summarised(self) -> List[str]:
+        scales = self._all_scales()
+        elements = sum(s.numel for s in scales if s.numel > 1)
+        return [s.name for s in scales if s.numel > 1] if elements > self.settings.max_logged_elements else []
 
     # ---- the door kit ---------------------------------------------------------------------
 
     def attach(self, *, log_dir: "Optional[str | os.PathLike[str]]" = None, loggers: Sequence[Any] = (),
                is_global_zero: Optional[bool] = None) -> None:
-        """Where a front door's trainer puts things, once it knows (before :meth:`begin`).
+        r"""Where a front door's trainer puts things, once it knows (before :meth:`begin`).
 
         Args:
             log_dir: the run's directory (history and plot); ``None`` keeps the current one.
@@ -274,7 +292,7 @@ class ScaleWatcher:
 
     def will_read(self, step: int) -> bool:
         """Whether :meth:`step` will read at optimizer step ``step`` (integer work only)."""
-        return bool(self.scales) and self.schedule(step) and step > self.last_step
+        return (bool(self.scales) or self.attention is not None) and self.schedule(step) and step > self.last_step
 
     def read_before_optimizer_step(self, optimizer: Any, step_number: Callable[[], int],
                                    on_result: Optional[Callable[[StepResult], None]] = None,
@@ -318,6 +336,8 @@ class ScaleWatcher:
         if sharded.rebind(self.model, self.scales):
             self._optimizer_scales, self._owned = {}, set()
         self._reader = sharded.reader_for(self.model, self.scales, self._reader)
+        if self.attention is not None:
+            self.attention.warn = self.is_global_zero
         self._track_clamp_fraction(self.schedule(step))  # the forward passes of the first step
         if not self.is_global_zero:
             self._resume = None
@@ -392,6 +412,7 @@ class ScaleWatcher:
         """
         if not self._started:
             self.start(step)
+            self._started_at = step  # this step's forwards ran before the watcher started
         elif self._closed:
             self._check_open("step")
         last_seen = self._last_seen
@@ -401,7 +422,7 @@ class ScaleWatcher:
             raise ValueError(f"`step` must not go backwards: got step={step} after step={last_seen} "
                              "(pass the optimizer step count, e.g. the loop's step or trainer.global_step)")
         self._last_seen = step
-        if not self.scales:
+        if not self.scales and self.attention is None:
             return StepResult()
         # Plain integer checks: off check steps nothing touches a tensor. The clamp
         # fraction is only computed in the forward passes of the next check step.
@@ -443,6 +464,12 @@ class ScaleWatcher:
         # 16k per-head readings make enough objects to set off full garbage collections
         # that walk the whole process; none of them is garbage until the check is over.
         # The check is columns from the transfer to the record: no object per value.
+        self._attention_now = self._take_attention(step) if new_check and self.attention is not None else []
+        self._scales_now = scales
+        scales = scales + self._attention_now  # read in the same one transfer
+        if not scales:  # attention only, and no attention call seen yet: nothing to read
+            self.last_columns = None
+            return StepResult(read=True, stop=self.should_stop)
         with gc_paused():
             columns = (read_columns(scales, step, self._layout(scales)) if self._reader is None else
                        self._reader.read_columns(scales, step, self._layout(scales)))
@@ -476,6 +503,13 @@ class ScaleWatcher:
         return layout
 
     @property
+    def scale_rows(self) -> int:
+        """How many rows of :attr:`last_columns` are the watched scales' (the attention statistics follow)."""
+        if self.last_columns is None:
+            return 0
+        return len(self.last_columns) - sum(h.numel for h in self._attention_now)
+
+    @property
     def last_readings(self) -> List[Reading]:
         """The last check's readings (built on demand from its columns)."""
         return [] if self.last_columns is None else self.last_columns.readings()
@@ -493,10 +527,43 @@ class ScaleWatcher:
             extra: Dict[str, Any] = {"warn_fraction": self.warn_fraction, "patience": self.patience}
             if skipped_step:
                 extra[SKIPPED_STEP] = True
-            self.history.append_readings(columns, extra, fired)
+            for part, fields in self._history_parts(columns):
+                self.history.append_readings(part, dict(extra, **fields), fired)
+
+    def _take_attention(self, step: int) -> List[AttentionStat]:
+        """This check's attention statistics; when new ones appear, the loggers learn their names."""
+        assert self.attention is not None
+        # a first step() at a check step: its forwards ran before anything was armed
+        handles, added = self.attention.collect(forwards_watched=self._started_at != step)
+        if added:
+            self.summarised = self._summarised()
+            if self.is_global_zero:
+                for sink in self.sinks:
+                    sink.start(self.names, self.summarised)
+        return handles
+
+    def _history_parts(self, columns: CheckColumns) -> List[Tuple[Any, Dict[str, Any]]]:
+        """The check's rows as the history writes them: the scales' as they are, then each attention
+        statistic's with ``"attention": STATISTIC`` on its lines."""
+        if not self._attention_now:
+            return [(columns, {})]
+        n = len(columns) - sum(h.numel for h in self._attention_now)
+        parts: List[Tuple[Any, Dict[str, Any]]] = []
+        if n:  # the scales' rows, still as columns
+            c, cut = columns, slice(0, n)
+            parts.append((CheckColumns(c.step, self._layout(self._scales_now), c.scale[cut], c.raw[cut], c.grad[cut],
+                                       c.has_grad[cut], c.clamp_fraction[cut], c.has_fraction[cut]), {}))
+        at, rows = n, {}  # statistic -> rows
+        for h in self._attention_now:
+            rows.setdefault(h.statistic, []).extend(range(at, at + h.numel))
+            at += h.numel
+        parts.extend((columns.readings(r), {ATTENTION_FIELD: statistic}) for statistic, r in rows.items())
+        return parts
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on
+        if self.attention is not None:  # the attention calls of the same forwards
+            self.attention.arm(on)
         # Straight into each module's __dict__ (where BoundedScale keeps the flag): nn.Module's
         # __setattr__ checks its parameter, buffer and module tables first, ~2 us a module, and
         # this runs on the step before every check for every watched module.

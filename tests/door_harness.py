@@ -51,6 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from scalewatch.monitor import AttentionBiasGenerator
+from scalewatch.monitor.attention_stats import is_computing as in_attention_statistics
 from scalewatch.monitor.bounded_scale import BoundedScale
 
 # ---- what a step may hold -------------------------------------------------------------
@@ -59,6 +60,8 @@ from scalewatch.monitor.bounded_scale import BoundedScale
 #: ``torch.stack`` when all watched values are single values, ``_flatten_dense_tensors``'
 #: ``cat`` otherwise
 GATHER_OPS = ("aten.stack.default", "aten.cat.default")
+#: how ``_flatten_dense_tensors`` flattens each multi-element part before its ``cat``: a view, no work
+GATHER_VIEW_OP = "aten.view.default"
 #: a device-to-host copy at the ATen level (``.cpu()``, ``.to("cpu")`` of a device tensor)
 TRANSFER_OP = "aten._to_copy.default"
 #: Python calls that read a tensor's data on the host. All but ``numpy`` move a device
@@ -83,15 +86,18 @@ def is_transfer(call: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Op:
     """One ATen operation: ``name``, ``args`` (a signature, no tensor values), ``out``,
-    and ``in_scale``: run inside the forward of a bounded scale."""
+    ``in_scale``: run inside the forward of a bounded scale, and ``in_attention``: run by
+    scalewatch's attention statistics (``attention=``)."""
 
     name: str
     args: str
     out: str
     in_scale: bool
+    in_attention: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name}({self.args}) -> {self.out}{'  [in scale forward]' if self.in_scale else ''}"
+        return (f"{self.name}({self.args}) -> {self.out}{'  [in scale forward]' if self.in_scale else ''}"
+                f"{'  [attention statistics]' if self.in_attention else ''}")
 
 
 @dataclasses.dataclass
@@ -141,7 +147,7 @@ class _AtenLog(TorchDispatchMode):
         signature = ", ".join([_describe(a) for a in tree_leaves(list(args))] +
                               [f"{k}={_describe(v)}" for k, v in kwargs.items()])
         rec.current.aten.append(Op(str(func), signature, ", ".join(_describe(o) for o in tree_leaves(out)),
-                                   rec.in_scale > 0))
+                                   rec.in_scale > 0, in_attention_statistics()))
         return out
 
 
@@ -256,6 +262,8 @@ class Door:
     run: Runner
     #: modules the door needs: the door is skipped when one is missing
     needs: Tuple[str, ...] = ()
+    #: the door runs with ``attention=``: its check steps also hold the attention statistics
+    attention: bool = False
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m.split(".")[0]) is not None for m in self.needs)
@@ -359,6 +367,9 @@ def compare(door: Door, without: Recording, with_: Recording, every_n: int, step
     * inside the forwards of the bias generators, the clamp-fraction statistic
       (:func:`clamp_fraction_ops`, once per tracked forward): the engine turns it on for
       the forwards of check steps only;
+    * for a door run with ``attention=`` (:attr:`Door.attention`), the attention statistics
+      (the ops run inside scalewatch's ``attention_stats.computing()``), some on every check
+      step; the interception is armed for those forwards only;
     * outside them, one gather (one of :data:`GATHER_OPS`), where the scales live off the
       host one device-to-host copy (:data:`TRANSFER_OP`, to the CPU), and the ``detach``
       by which ``.numpy()`` views that host copy; nothing else;
@@ -386,7 +397,7 @@ def compare(door: Door, without: Recording, with_: Recording, every_n: int, step
     for k, (a, b) in enumerate(zip(without.steps, with_.steps)):
         at = f"{name} optimizer step {k} (0-based; the door's step {k + door.first_step})"
         if k in checks:
-            verdict.check.extend(_check_step_problems(at, a, b, with_.device))
+            verdict.check.extend(_check_step_problems(at, a, b, with_.device, door.attention))
         else:
             verdict.off_check.extend(_off_check_problems(at, a, b))
     return verdict
@@ -428,7 +439,7 @@ def _off_check_problems(at: str, a: Step, b: Step) -> List[str]:
     return problems
 
 
-def _check_step_problems(at: str, a: Step, b: Step, device: str) -> List[str]:
+def _check_step_problems(at: str, a: Step, b: Step, device: str, attention: bool = False) -> List[str]:
     problems = []
     if not _is_subsequence(a.aten, b.aten):
         _, missing = _difference(a.aten, b.aten)
@@ -443,13 +454,19 @@ def _check_step_problems(at: str, a: Step, b: Step, device: str) -> List[str]:
         problems.append(f"{at}: inside the generator forwards the door added {dict(inside)}; the clamp-fraction "
                         f"statistic of {b.tracked_forwards} forward(s) is {dict(statistic)}")
     extra_host = list((Counter(b.host) - Counter(a.host)).elements())
-    outside = [op for op in extra if not op.in_scale]
+    statistics = [op for op in extra if op.in_attention]
+    if attention and not statistics:
+        problems.append(f"{at}: the door runs with attention=, but this check step computed no attention statistic")
+    elif statistics and not attention:
+        problems.append(f"{at}: attention statistics were computed without attention=:\n      {_ops(statistics)}")
+    outside = [op for op in extra if not op.in_scale and not op.in_attention]
     gathers = [op for op in outside if op.name in GATHER_OPS]
+    flattened = [op for op in outside if op.name == GATHER_VIEW_OP and op.args.endswith(", -1")]
     transfers = [op for op in outside if op.name == TRANSFER_OP and op.out.endswith("@cpu")
                  and not op.args.split(",")[0].endswith("@cpu")]
     views = [op for op in outside if op.name == HOST_VIEW_OP and op.args.endswith("@cpu")]
     views = views[:extra_host.count(HOST_VIEW)]  # one per extra .numpy()
-    allowed = {id(op) for op in gathers + transfers + views}
+    allowed = {id(op) for op in gathers + flattened + transfers + views}
     rest = [op for op in outside if id(op) not in allowed]
     off_host = device != "cpu"
     if len(gathers) != 1 or len(transfers) != int(off_host) or rest:
@@ -504,14 +521,34 @@ class PlainDrift(nn.Module):
         return -bias.float().mean() + 0.01 * self.proj.weight.pow(2).sum()
 
 
-def run_plain(run: DoorRun) -> Any:
+class PlainAttentionDrift(nn.Module):
+    """Multi-head attention whose bias (a bias generator's) goes into ``F.scaled_dot_product_attention``
+    as its float ``attn_mask``, as in the fusion example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 2
+        self.qkv = nn.Linear(8, 24)
+        self.router = nn.Linear(8, 4)  # one weight per key of the 4 tokens
+        self.attention_bias_generator = AttentionBiasGenerator(bias_scale=2.5, min_scale=0.5, max_scale=5.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(0)  # the plain loop's [4, 8] batch as one sequence of 4 tokens
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, 4).permute(2, 0, 3, 1, 4)  # each [B, H, N, 4]
+        bias = self.attention_bias_generator(torch.tanh(self.router(x)))  # [B, N, N]
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1))
+        return -bias.float().mean() + out.pow(2).mean()
+
+
+def run_plain(run: DoorRun, attention: bool = False) -> Any:
     from scalewatch.callbacks import ScaleWatcher
 
     torch.manual_seed(0)
-    model = PlainDrift().to(run.device)
+    model = (PlainAttentionDrift() if attention else PlainDrift()).to(run.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.randn(run.steps, 4, 8, generator=torch.Generator().manual_seed(0)).to(run.device)
-    watcher = (ScaleWatcher(model, log_dir=run.root, every_n_steps=run.every_n, plot=False)
+    watcher = (ScaleWatcher(model, log_dir=run.root, every_n_steps=run.every_n, plot=False, attention=attention)
                if run.with_door else None)
     with run.record():
         for step in range(run.steps):
@@ -619,6 +656,7 @@ def run_ignite(run: DoorRun) -> Any:
 #: A new door (Ignite, Accelerate, a sharded path, ``attention=``) joins with one line here.
 DOORS: Dict[str, Door] = {door.name: door for door in (
     Door("plain-loop", 0, run_plain),
+    Door("plain-loop+attention", 0, functools.partial(run_plain, attention=True), attention=True),
     Door("lightning.pytorch", 0, run_lightning("lightning.pytorch"), needs=("lightning",)),
     Door("pytorch_lightning", 0, run_lightning("pytorch_lightning"), needs=("pytorch_lightning",)),
     Door("hf-transformers", 1, run_hf, needs=("transformers",)),
