@@ -40,8 +40,12 @@ def _mlflow_env(monkeypatch: Any) -> Iterator[None]:
     # the fluent API's process-wide choices (another test's tracking root and experiment) go too
     import mlflow.tracking.fluent as fluent
 
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
     fluent._active_experiment_id = None
-    mlflow.set_tracking_uri("")
+    # unset, not "": an empty URI is a choice too (./mlruns in the working directory), and it would
+    # outrank the next test's MLFLOW_TRACKING_URI
+    tracking_utils._tracking_uri = None
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # set by mmengine's MLflowVisBackend, not undone
         os.environ.pop(name, None)
 

@@ -91,13 +91,13 @@ def test_demo_leaves_every_file_the_readme_lists(demo):
 def test_demo_prints_the_compare_table(demo):
     table = demo["out"].split(GEN + "\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert table[0].split() == ["run", "bounds", "readings", "last", "min", "max", "near", "bound", "alerts",
-                                "val/loss"]
+                                "advice", "val/loss"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert list(rows) == list(RUNS)
-    assert re.match(r"fast-scale-lr\s+\[0\.5, 5\]\s+6\s+5\s+2\.089\s+5\s+4 \(67%\)\s+near_upper@29 pinned@49\s+0\.0\d+$",
+    assert re.match(r"fast-scale-lr\s+\[0\.5, 5\]\s+6\s+5\s+2\.089\s+5\s+4 \(67%\)\s+near_upper@29 pinned@49\s+pinned high: soft bound\s+0\.0\d+$",
                     rows["fast-scale-lr"]), rows["fast-scale-lr"]
     for run, bounds in (("conservative", "[0.5, 5]"), ("aggressive", "[1, 8]"), ("ultra-conservative", "[0.5, 3]")):
-        assert re.match(rf"{run}\s+{re.escape(bounds)}\s+2\s.*0 \(0%\)\s+-\s+-$", rows[run]), rows[run]
+        assert re.match(rf"{run}\s+{re.escape(bounds)}\s+2\s.*0 \(0%\)\s+-\s+-\s+-$", rows[run]), rows[run]
 
 
 # ---- compare_bias.py -----------------------------------------------------------------------------
