@@ -3,6 +3,7 @@ whether the resumed run logs into the same directory or a new one."""
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 
 import pytest
@@ -32,12 +33,12 @@ def _ckpt_step(path) -> int:
     return ckpt["global_step"]
 
 
-def _resume(killed_run, root, tb_version):
+def _resume(ckpt, root, tb_version):
     alerts = []
     monitor = ScaleMonitor(every_n_steps=N, alert_callback=alerts.append)
     trainer, _ = support.kill_run_trainer(root, max_steps=support.RESUME_MAX_STEPS, monitor=monitor,
                                           tb_version=tb_version, ckpt=False)
-    trainer.fit(support.kill_run_model(), ckpt_path=str(killed_run.last_ckpt))
+    trainer.fit(support.kill_run_model(), ckpt_path=str(ckpt))
     assert trainer.global_step == support.RESUME_MAX_STEPS
     return trainer, alerts
 
@@ -61,19 +62,21 @@ def test_checkpoint_is_before_the_kill(killed_run):
     assert step < killed_run.kill_step                         # readings after it were taken, then lost
 
 
-def test_resume_in_the_same_directory(killed_run, uninterrupted):
-    history = killed_run.log_dir / HISTORY_FILENAME
+def test_resume_in_the_same_directory(own_killed_run, uninterrupted):
+    run = own_killed_run  # resumed into, so not the session's shared killed run
+    assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+    history = run.log_dir / HISTORY_FILENAME
     with open(history, "ab") as f:                              # as if killed in the middle of a write
         f.write(b'{"step": 23, "name": "head.attention_bias_gen')
-    trainer, alerts = _resume(killed_run, killed_run.root, tb_version=0)
-    assert trainer.log_dir == str(killed_run.log_dir)
+    trainer, alerts = _resume(run.last_ckpt, run.root, tb_version=0)
+    assert trainer.log_dir == str(run.log_dir)
     assert [a.kind for a in alerts] == []                       # nothing fired again
     _check_continuous(read_jsonl(history), uninterrupted)
-    assert_png(killed_run.log_dir / PLOT_FILENAME)
+    assert_png(run.log_dir / PLOT_FILENAME)
 
 
 def test_resume_into_a_new_directory(killed_run, uninterrupted, tmp_path):
-    trainer, alerts = _resume(killed_run, tmp_path, tb_version=None)
+    trainer, alerts = _resume(killed_run.last_ckpt, tmp_path, tb_version=None)
     new_dir = tmp_path / "tb" / "version_0"
     assert trainer.log_dir == str(new_dir)
     assert [a.kind for a in alerts] == []
