@@ -6,12 +6,13 @@ import os
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: F401,E402  (make test installs it: a broken install fails, never skips)
 from transformers.integrations.integration_utils import DVCLiveCallback, TensorBoardCallback  # noqa: E402
 
 import readback  # noqa: E402
 from front_doors import import_without, torchrun  # noqa: E402
 from hf_models import GEN, DriftConfig, DriftModel, Points, hf_trainer  # noqa: E402
+from reliability.support import finished_wandb_records  # noqa: E402
 from scalewatch.callbacks import PLOT_FILENAME, metric_key  # noqa: E402
 from scalewatch.callbacks.hf import STATE_KEY, ScaleMonitorCallback  # noqa: E402
 from scalewatch.monitor import HISTORY_FILENAME  # noqa: E402
@@ -100,6 +101,7 @@ def test_wandb_offline_gets_the_scale_at_the_loss_steps(tmp_path, monkeypatch):
         trainer.train()
     finally:
         wandb.finish()
+    finished_wandb_records(tmp_path)  # W&B's service writes the run file after finish() returns
     (run_dir,) = glob.glob(os.path.join(str(tmp_path), "wandb", "offline-run-*"))
     records = readback.wandb_records(run_dir)
     rows = [r["history"]["item"] for r in records if r["type"] == "history"]

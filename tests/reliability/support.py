@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -249,10 +250,39 @@ def wandb_records(path: str) -> Iterator[Any]:
         yield record
 
 
+#: how long a reader waits for W&B's service to finish writing a run file (generous: a loaded machine)
+WANDB_FILE_TIMEOUT = 180.0
+
+
+def finished_wandb_records(root: os.PathLike, timeout: float = WANDB_FILE_TIMEOUT) -> List[Any]:
+    """Every record of the one offline run under ``root``, once W&B has written all of them.
+
+    W&B's service (wandb-core, its own process) writes the run file; ``run.finish()``
+    and ``wandb.finish()`` can return before it has (measured here: right after
+    ``finish()`` the file may still hold only its 7-byte header, and a few ms later all
+    of it). So a reader that reads at once sees no history and no alerts at random,
+    more often on a loaded machine. This waits for the run's last record, ``exit``.
+    """
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(wandb_run_file(root)))
+            if any(r.WhichOneof("record_type") == "exit" for r in records):
+                return records
+            seen = f"{len(records)} record(s), no exit record yet"
+        except (AssertionError, DecodeError, struct.error) as err:  # not there yet, or cut mid-record
+            seen = f"{type(err).__name__}: {err}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"W&B never finished the offline run under {root} within {timeout:g} s: {seen}")
+        time.sleep(0.05)
+
+
 def read_wandb(root: os.PathLike) -> Tuple[List[Dict[str, Any]], List[Any]]:
     """(history rows as {key: value}, alert records) of the one offline run under ``root``."""
     rows, alerts = [], []
-    for record in wandb_records(wandb_run_file(root)):
+    for record in finished_wandb_records(root):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)

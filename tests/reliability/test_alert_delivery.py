@@ -76,8 +76,9 @@ def test_user_callable_and_python_logging_get_each_crossing(saw_run):
 
 
 def test_wandb_gets_each_crossing_unthrottled(saw_run):
-    root = saw_run[0]
-    _, alerts = read_wandb(root)
+    root, _, _, messages = saw_run
+    assert not [m for m in messages if "W&B" in m], messages  # the sink sent every alert without an error
+    _, alerts = read_wandb(root)  # waits for W&B's service to have written the whole run
     assert [a.title for a in alerts] == ["scalewatch near_upper: gain"] * 2
     assert "gain at step 4" in alerts[0].text and "gain at step 10" in alerts[1].text
     # W&B drops an alert whose title repeats within wait_duration (milliseconds in the record):
