@@ -5,6 +5,8 @@
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hf_models import hf_trainer  # noqa: E402
@@ -18,3 +20,9 @@ if __name__ == "__main__":
     trainer.train()
     print(f"RANK {trainer.args.process_index} DONE global_step={trainer.state.global_step} "
           f"checks={callback.watcher.checks}", flush=True)
+    # HF's Trainer (through accelerate) starts the process group and leaves it to the program to
+    # end. Without this, a gloo worker thread can still hold the last collective's tensors when the
+    # interpreter finalizes; dropping them then aborts the process ("terminate called without an
+    # active exception", exit -6), at random, more often on a loaded machine. The program's duty,
+    # as PyTorch documents for every distributed program, not the callback's.
+    dist.destroy_process_group()
