@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 from typing import Dict, List
@@ -175,9 +176,56 @@ def test_fast_scale_lr_drives_the_scale_into_its_bound(tmp_path) -> None:
     assert output.count(ALERT_LINES["near_upper"]) == 1
 
 
-def test_quickstart_runs(tmp_path) -> None:
-    env = dict(clean_env(), SCALEWATCH_DEMO_DIR=str(tmp_path / "quickstart"), OMP_NUM_THREADS="1")
+def test_quickstart_keeps_what_the_readme_promises(tmp_path) -> None:
+    """examples/quickstart.py (the README's Quick start): ScaleMonitor(every_n_steps=10) over 200 steps
+    records scalewatch/<module path>/{scale,raw,grad,min,max} to TensorBoard and CSV at the same steps
+    as the history, draws the plot, and alerts as the scale climbs into its bound."""
+    import readback
+
+    root = tmp_path / "quickstart"
+    env = dict(clean_env(), SCALEWATCH_DEMO_DIR=str(root), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "quickstart.py")], cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert glob.glob(f"{tmp_path}/quickstart/**/{HISTORY_FILENAME}", recursive=True)
+    tb_dir, csv_dir = root / "tb" / "version_0", root / "csv" / "version_0"
+    # what it prints at the end: where the history and the plot are, how to open TensorBoard
+    printed = dict(line.split(":", 1) for line in proc.stdout.splitlines()[-3:])
+    assert {k: v.strip() for k, v in printed.items()} == {
+        "history": str(tb_dir / HISTORY_FILENAME), "plot": str(tb_dir / "scale_history.png"),
+        "open": f"tensorboard --logdir {root}"}, proc.stdout[-2000:]
+
+    # the history: one reading every 10 optimizer steps, named by the module path, within its bounds
+    records = readback.history(str(tb_dir))
+    steps = list(range(9, 200, 10))
+    assert [r["step"] for r in records] == steps
+    assert {r["name"] for r in records} == {"attention_bias_generator"}
+    assert all((r["min"], r["max"]) == (0.5, 5.0) and 0.5 <= r["scale"] <= 5.0 for r in records)
+    # the scale climbs from 2.5 into its upper bound; the clamp then cuts its gradient
+    scales = [r["scale"] for r in records]
+    assert 2.5 < scales[0] and scales == sorted(scales) and scales[-1] == 5.0
+    assert records[-1]["raw"] > 5.0 and records[-1]["grad"] == 0.0
+    # alerts: near_upper at the first reading above 0.9 x max, pinned after `patience` (3) pinned readings
+    near = next(r["step"] for r in records if r["scale"] > 0.9 * 5.0)
+    pinned_at = [i for i, r in enumerate(records) if r["raw"] >= 5.0 and r["grad"] == 0.0]
+    pinned = next(records[i]["step"] for i in pinned_at if {i - 1, i - 2} <= set(pinned_at))
+    assert [(r["step"], a) for r in records for a in r["alerts"]] == [(near, "near_upper"), (pinned, "pinned")]
+    assert proc.stderr.count("Scale near upper bound! attention_bias_generator at step") == 1
+    assert proc.stderr.count("Scale pinned at its bound! attention_bias_generator at step") == 1
+
+    # the same readings under the same keys in both loggers
+    fields = ("scale", "raw", "grad", "min", "max")
+    for field in fields:
+        key = f"scalewatch/attention_bias_generator/{field}"
+        expected = [(r["step"], pytest.approx(r[field], rel=1e-6)) for r in records]
+        assert readback.tensorboard_scalars(str(tb_dir), key) == expected, key
+        assert readback.csv_series(str(csv_dir), key) == expected, key
+    # TensorBoard also gets the Margin chart of the scale between its bounds, and the plot image
+    layout = readback.tensorboard_layout(str(tb_dir))
+    assert layout["scalewatch"]["attention_bias_generator"] == [
+        f"scalewatch/attention_bias_generator/{f}" for f in ("scale", "min", "max")]
+    assert "scalewatch/plot" in readback.tensorboard_tags(str(tb_dir))["images"]
+    # and the plot itself
+    png = (tb_dir / "scale_history.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 300 and height > 200

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-pytest.importorskip("mmengine")
+import mmengine  # noqa: F401,E402  (make test installs it: a broken install fails, never skips)
 from mmengine.optim import AmpOptimWrapper  # noqa: E402
 from mmengine.optim.optimizer import amp_optimizer_wrapper  # noqa: E402
 from mmengine.registry import HOOKS, OPTIM_WRAPPERS  # noqa: E402

@@ -109,7 +109,7 @@ def test_watch_streams_appended_lines_and_waits_for_a_partial_one(tmp_path):
     writer = HistoryWriter(str(path))
     writer.append([_record(1), _record(3)])
     proc = subprocess.Popen([str(SCALEWATCH), "watch", str(tmp_path), "--plain", "--interval", "0.1",
-                             "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--duration", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=support.subprocess_env())
     lines: list = []
 
@@ -120,7 +120,7 @@ def test_watch_streams_appended_lines_and_waits_for_a_partial_one(tmp_path):
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
 
-    def wait_for(pred, timeout=60.0):
+    def wait_for(pred, timeout=240.0):  # generous: a loaded machine is slow, never wrong
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if any(pred(text) for _, text in lines):
@@ -190,7 +190,9 @@ def test_cli_run_opens_nothing_for_writing_but_its_png_and_unpickles_nothing(kil
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("AUDIT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("AUDIT "):])
-    assert result["codes"][:4] == [0, 0, 0, 0], (result["codes"], proc.stderr[-3000:])
+    # report --json, watch --once, plot, report --from tensorboard, report --from csv (the CSVLogger's
+    # metrics.csv, saved with the last checkpoint before the kill): every one reads the run and exits 0
+    assert result["codes"] == [0, 0, 0, 0, 0], (result["codes"], proc.stderr[-3000:])
     events = result["events"]
     assert ["open-write", str(out_png)] in [e[:2] for e in events], "the audit hook did not see the plot written"
     assert not [e for e in events if e[0].startswith("pickle.")], events
