@@ -19,17 +19,29 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
+import apprise  # noqa: F401  (make test installs it: a broken install fails, never skips)
 import pytest
 import torch
 
-from scalewatch.callbacks.notifier import NOTIFY_CLOSE_TIMEOUT, NOTIFY_ENV, Notifier, mask_url, resolve_notify
+from scalewatch.callbacks.notifier import NOTIFY_ENV, Notifier, mask_url, resolve_notify
 from scalewatch.monitor.saturation import Alert
 
-pytest.importorskip("apprise")
 
 GEN = "head.attention_bias_generator"
+#: generous bounds: every wait below ends as soon as what it waits for happens
+DELIVERY_S = 120.0
+#: apprise's own read timeout (4 s by default), raised for endpoints a test holds on purpose
+HOLD = "?rto=600"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DELIVERY_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def alert(kind: str = "pinned", name: str = GEN, step: int = 49, scale: float = 5.0, raw: float = 5.389,
@@ -43,11 +55,16 @@ class Endpoint:
 
     Args:
         status: the HTTP status it answers with.
-        delay: seconds it sleeps before answering each request.
+        hold: answer nothing until :attr:`gate` is opened (``gate.set()``); a request that
+            has arrived is counted in :attr:`arrived` while it waits.
     """
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, status: int = 200, hold: bool = False) -> None:
         self.requests: List[Dict[str, str]] = []
+        self.arrived = 0
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
         self._lock = threading.Lock()
         outer = self
 
@@ -58,7 +75,9 @@ class Endpoint:
                     fields = json.loads(raw)
                 else:
                     fields = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
-                time.sleep(delay)
+                with outer._lock:
+                    outer.arrived += 1
+                outer.gate.wait(timeout=600)  # the test opens it; the bound only ends a forgotten one
                 with outer._lock:  # kept before answering: once the sender has its answer, it is here
                     outer.requests.append(dict(fields, path=self.path))
                 self.send_response(status)
@@ -77,6 +96,7 @@ class Endpoint:
         return f"{scheme}://127.0.0.1:{self.port}/{path}"
 
     def stop(self) -> None:
+        self.gate.set()  # a held request is answered, so its handler thread can end
         self.server.shutdown()
         self.server.server_close()
         self._thread.join()
@@ -87,7 +107,7 @@ def endpoint() -> Iterator:
     """Starts Endpoints on demand; stops each by its own handle at the end of the test."""
     started: List[Endpoint] = []
 
-    def start(**kw: float) -> Endpoint:
+    def start(**kw: object) -> Endpoint:
         started.append(Endpoint(**kw))
         return started[-1]
 
@@ -117,7 +137,7 @@ def test_an_alert_arrives_with_its_content(endpoint, scheme):
     server = endpoint()
     notifier = Notifier([server.url(scheme)], run_name="runs/demo")
     notifier.send([alert()], step=49)
-    notifier.close()
+    notifier.close(timeout=DELIVERY_S)
     (msg,) = server.requests
     assert "runs/demo" in msg["title"] and "pinned" in msg["title"] and "step 49" in msg["title"]
     body = msg["message"]
@@ -133,7 +153,7 @@ def test_one_message_for_a_batch_of_simultaneous_alerts(endpoint):
     heads = [alert(name=f"blocks.{i}.attn.logit_scale") for i in range(995)]
     heads += [alert("near_upper", name=f"blocks.{i}.attn.bias_scale", scale=4.6, raw=4.6, grad=-0.1) for i in range(5)]
     notifier.send(heads, step=99)
-    notifier.close()
+    notifier.close(timeout=DELIVERY_S)
     (msg,) = server.requests
     assert "1000 alerts" in msg["title"] and "pinned ×995" in msg["title"] and "near_upper ×5" in msg["title"]
     listed = [line for line in msg["message"].splitlines() if line.startswith("pinned · ")]
@@ -143,29 +163,38 @@ def test_one_message_for_a_batch_of_simultaneous_alerts(endpoint):
 
 def test_repeated_crossings_of_one_scale_are_rate_limited(endpoint):
     server = endpoint()
-    notifier = Notifier([server.url()], run_name="runs/saw", repeat_interval=1.0)
+    interval = 5.0  # two back-to-back calls are far closer than this, however loaded the machine
+    notifier = Notifier([server.url()], run_name="runs/saw", repeat_interval=interval)
+    before_first = time.monotonic()
     notifier.send([alert("near_upper", step=9)], step=9)
+    first_sent = time.monotonic()  # the notifier's clock reading for it lies between these two
     notifier.send([alert("near_upper", step=19)], step=19)  # within the interval: held back, counted
     notifier.send([alert("pinned", step=19)], step=19)      # another kind of the same scale: sent
-    time.sleep(1.1)
+    assert time.monotonic() - before_first < interval, "the premise: the repeat came within the interval"
+    time.sleep(max(0.0, first_sent + interval + 0.05 - time.monotonic()))  # the interval is over
     notifier.send([alert("near_upper", step=39)], step=39)
-    notifier.close()
+    notifier.close(timeout=DELIVERY_S)
     titles = [m["title"] for m in server.requests]
     assert len(titles) == 3 and "near_upper" in titles[0] and "pinned" in titles[1] and "step 39" in titles[2]
     assert "crossed 1 more time(s) since the last message" in server.requests[2]["message"]
 
 
 def test_send_never_waits_for_a_slow_endpoint_and_close_waits_for_it(endpoint):
-    server = endpoint(delay=1.0)
-    notifier = Notifier([server.url()], run_name="runs/slow")
-    spent = []
-    for step in (9, 19, 29):
-        t = time.perf_counter()
-        notifier.send([alert("near_upper", name=f"s{step}", step=step)], step=step)
-        spent.append(time.perf_counter() - t)
-    assert max(spent) < 0.5, spent  # 1 s per request would show
-    notifier.close()
-    assert len(server.requests) == 3
+    server = endpoint(hold=True)  # answers nothing until the test opens its gate
+    safety = threading.Timer(120, server.gate.set)  # a send() that waited would come back only then
+    safety.start()
+    notifier = Notifier([server.url() + HOLD], run_name="runs/slow")
+    try:
+        for step in (9, 19, 29):
+            notifier.send([alert("near_upper", name=f"s{step}", step=step)], step=step)
+        # every send() came back while the endpoint had answered nothing: none waited on it
+        assert not server.gate.is_set() and server.requests == []
+        wait_until(lambda: server.arrived == 1, "the first message to reach the endpoint and wait there")
+    finally:
+        safety.cancel()
+    server.gate.set()
+    notifier.close(timeout=DELIVERY_S)  # waits for the three answers
+    assert [m["title"].rsplit(" ", 1)[-1] for m in server.requests] == ["9", "19", "29"]
 
 
 def test_a_dead_port_and_a_500_each_give_one_warning(endpoint, dead_port, caplog):
@@ -175,7 +204,7 @@ def test_a_dead_port_and_a_500_each_give_one_warning(endpoint, dead_port, caplog
     with caplog.at_level(logging.WARNING):
         for step in (9, 19, 29):
             notifier.send([alert(name=f"s{step}", step=step)], step=step)
-        notifier.close()
+        notifier.close(timeout=DELIVERY_S)
     warnings = failure_warnings(caplog)
     assert len(warnings) == 2, warnings
     assert any(f"json://127.0.0.1:{dead_port}/" in w for w in warnings)
@@ -186,12 +215,13 @@ def test_a_dead_port_and_a_500_each_give_one_warning(endpoint, dead_port, caplog
 
 
 def test_a_full_queue_drops_the_oldest_and_says_so_once(endpoint, caplog):
-    server = endpoint(delay=0.3)
-    notifier = Notifier([server.url()], run_name="runs/flood", queue_size=2)
+    server = endpoint(hold=True)  # nothing is delivered while the eight alerts come in
+    notifier = Notifier([server.url() + HOLD], run_name="runs/flood", queue_size=2)
     with caplog.at_level(logging.WARNING):
         for step in range(8):
             notifier.send([alert(name=f"s{step}", step=step)], step=step)
-        notifier.close()
+        server.gate.set()
+        notifier.close(timeout=DELIVERY_S)
     full = [r for r in caplog.records if "not keeping up" in r.getMessage()]
     assert len(full) == 1
     (ep,) = notifier.endpoints
@@ -201,14 +231,22 @@ def test_a_full_queue_drops_the_oldest_and_says_so_once(endpoint, caplog):
 
 
 def test_close_waits_a_bounded_time_then_gives_up_with_one_warning(endpoint, caplog):
-    server = endpoint(delay=3.0)
-    notifier = Notifier([server.url()], run_name="runs/stuck")
+    server = endpoint(hold=True)  # stuck: answers nothing until the end of the test
+    safety = threading.Timer(120, server.gate.set)  # a close() that waited would come back only then
+    safety.start()
+    notifier = Notifier([server.url() + HOLD], run_name="runs/stuck")
     for step in (9, 19, 29):
         notifier.send([alert(name=f"s{step}", step=step)], step=step)
     t = time.perf_counter()
-    with caplog.at_level(logging.WARNING):
-        notifier.close(timeout=0.5)
-    assert time.perf_counter() - t < 2.0
+    try:
+        with caplog.at_level(logging.WARNING):
+            notifier.close(timeout=0.5)
+    finally:
+        safety.cancel()
+    # it came back while the endpoint still held the first message (its gate opens only at the
+    # end of the test): a close that waited for the endpoint would not be back yet
+    assert not server.gate.is_set() and server.requests == []
+    assert time.perf_counter() - t < 60  # 0.5 s asked; generous for a loaded machine
     gave_up = [r.getMessage() for r in caplog.records if "gave up on" in r.getMessage()]
     assert len(gave_up) == 1 and "3 notification(s)" in gave_up[0]
     notifier.close()  # twice is fine
@@ -294,9 +332,12 @@ def test_secrets_are_masked_in_errors_and_repr(endpoint):
 
 # ---- end to end: a plain loop (ScaleWatcher), a Trainer (ScaleMonitor), the environment --------
 
-def drift_loop(tmp_path: Path, steps: int = 40, **watcher_kw: object) -> Dict[str, object]:
+def drift_loop(tmp_path: Path, steps: int = 40, before_close: Optional[Callable[[], None]] = None,
+               **watcher_kw: object) -> Dict[str, object]:
     """DriftModel trained in a plain loop under ScaleWatcher: near_upper fires at step 9, pinned at 24.
 
+    ``before_close`` runs after the loop, before ``watcher.close()`` (a test waits there for
+    the deliveries it expects, so the close's own bounded wait never decides the outcome).
     Returns the loop's time (training and ``watcher.step``), ``close()``'s time, the
     alerts that fired and the watcher.
     """
@@ -320,6 +361,8 @@ def drift_loop(tmp_path: Path, steps: int = 40, **watcher_kw: object) -> Dict[st
         optimizer.step()
         optimizer.zero_grad()
     loop = time.perf_counter() - t
+    if before_close is not None:
+        before_close()
     t = time.perf_counter()
     watcher.close()
     return dict(loop=loop, close=time.perf_counter() - t, alerts=fired, watcher=watcher)
@@ -334,7 +377,8 @@ def history_alerts(log_dir: Path) -> List[tuple]:
 def test_a_plain_loop_sends_every_alert(endpoint, tmp_path, monkeypatch):
     monkeypatch.delenv(NOTIFY_ENV, raising=False)
     server = endpoint()
-    run = drift_loop(tmp_path / "runs" / "drift", notify=server.url())
+    run = drift_loop(tmp_path / "runs" / "drift", notify=server.url(),
+                     before_close=lambda: wait_until(lambda: len(server.requests) == 2, "both messages"))
     assert [(a.step, a.kind) for a in run["alerts"]] == [(9, "near_upper"), (24, "pinned")]
     titles = [m["title"] for m in server.requests]
     assert len(titles) == 2
@@ -343,16 +387,25 @@ def test_a_plain_loop_sends_every_alert(endpoint, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_3s_endpoint_costs_the_loop_nothing_and_every_alert_arrives(endpoint, tmp_path, monkeypatch):
+def test_a_stalled_endpoint_costs_the_loop_nothing_and_every_alert_arrives(endpoint, tmp_path, monkeypatch):
     monkeypatch.delenv(NOTIFY_ENV, raising=False)
-    server = endpoint(delay=3.0)
-    base = drift_loop(tmp_path / "none")
-    slow = drift_loop(tmp_path / "slow", notify=server.url())
-    print(f"loop without notify {base['loop']:.3f} s, with a 3 s endpoint {slow['loop']:.3f} s; "
-          f"close waited {slow['close']:.2f} s")
-    # Two alerts at 3 s a request would add seconds if anything waited on the network.
-    assert slow["loop"] < base["loop"] + 1.0
-    assert slow["close"] < NOTIFY_CLOSE_TIMEOUT + 1.0
+    server = endpoint(hold=True)  # answers nothing until the loop is over
+    safety = threading.Timer(300, server.gate.set)  # a loop that waited on it would end here, and fail
+    safety.start()
+    during_loop: Dict[str, object] = {}
+
+    def after_loop() -> None:
+        during_loop.update(gate_open=server.gate.is_set(), answered=len(server.requests))
+        server.gate.set()
+        wait_until(lambda: len(server.requests) == 2, "both messages once the endpoint answers")
+
+    try:
+        run = drift_loop(tmp_path, notify=server.url() + HOLD, before_close=after_loop)
+    finally:
+        safety.cancel()
+    # all 40 steps and both alerts went by while the endpoint answered nothing: the loop never waited
+    assert [(a.step, a.kind) for a in run["alerts"]] == [(9, "near_upper"), (24, "pinned")]
+    assert during_loop == {"gate_open": False, "answered": 0}
     assert [m["title"].rsplit(" ", 1)[-1] for m in server.requests] == ["9", "24"]
 
 
@@ -361,8 +414,14 @@ def test_dead_and_failing_endpoints_cost_training_nothing_but_one_warning_each(e
                                                                                caplog, monkeypatch):
     monkeypatch.delenv(NOTIFY_ENV, raising=False)
     server = endpoint(status=500)
+
+    def both_endpoints_done() -> None:  # first message: three tries each; the second: one
+        wait_until(lambda: len(server.requests) == 3 + 1 and len(failure_warnings(caplog)) == 2,
+                   "every try at both endpoints")
+
     with caplog.at_level(logging.WARNING):
-        run = drift_loop(tmp_path, notify=[f"json://127.0.0.1:{dead_port}/hook", server.url("form")])
+        run = drift_loop(tmp_path, notify=[f"json://127.0.0.1:{dead_port}/hook", server.url("form")],
+                         before_close=both_endpoints_done)
     assert history_alerts(tmp_path) == [(9, "near_upper"), (24, "pinned")]
     assert len(run["alerts"]) == 2
     warnings = failure_warnings(caplog)
