@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                 # what `make bench` runs (a few minutes)
     python -m benchmarks.run --quick         # seconds: checks the harness, numbers mean little
-    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, per_head, memory, hf, mmengine
+    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, per_head, memory, attention, hf, mmengine
     python -m benchmarks.run --only overhead --baseline-ref c093679   # + the Lightning rows of an earlier commit
 
 Results go to ``benchmarks/results/`` (git-ignored): ``bench-<time>.json``, and
@@ -29,9 +29,10 @@ from benchmarks import bench_memory, bench_overhead, bench_per_head, bench_plain
 from benchmarks.common import describe_machine, machine, quiet, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("overhead", "plain_loop", "scaling", "per_head", "memory", "hf", "mmengine")
+PARTS = ("overhead", "plain_loop", "scaling", "per_head", "memory", "attention", "hf", "mmengine")
 #: parts written elsewhere, loaded only when asked for: part -> (module, framework it needs, extra that installs it)
-OPTIONAL_PARTS = {"hf": ("benchmarks.bench_hf", "transformers", "transformers"),
+OPTIONAL_PARTS = {"attention": ("benchmarks.bench_attention", "timm", "timm"),
+                  "hf": ("benchmarks.bench_hf", "transformers", "transformers"),
                   "mmengine": ("benchmarks.bench_mmengine", "mmengine", "mmengine")}
 #: the Markdown's sections in order: result key -> heading (from the result)
 HEADINGS: Dict[str, Callable[[Dict[str, Any]], str]] = {
@@ -47,6 +48,8 @@ HEADINGS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "scaling_tb": lambda r: f"**The same with a TensorBoardLogger** (loggers: {r['config']['loggers']})",
     "per_head": lambda r: "**One check step with per-head scales** (ScaleWatcher, SummaryWriter, a check every 100 ms)",
     "memory": lambda r: f"**Memory, {r['config']['steps']:,} steps at every_n_steps=1**",
+    "attention": lambda r: ("**attention=True: ViT-tiny and BERT-tiny steps** (ratio to the same loop without it; "
+                            "the check step's extra cost and memory)"),
 }
 
 
@@ -129,7 +132,14 @@ def main(argv=None) -> int:
         part("memory", bench_memory, "ScaleMonitor(every_n_steps=1), RSS over a long run", accelerator=args.accelerator,
              **(dict(steps=4000, sample_every=500, warmup=1000, control_steps=2000) if quick else {}))
 
-    results["targets"] = [results[k]["target"] for k in HEADINGS if k in results and "target" in results[k]]
+    if "attention" in args.only and optional_part("attention") is not None:
+        part("attention", importlib.import_module("benchmarks.bench_attention"),
+             "attention=True on ViT-tiny and BERT-tiny, interleaved A/B; the check step's extra cost",
+             accelerator=args.accelerator, **(dict(rounds=1, reps=3) if quick else {}))
+
+    results["targets"] = [t for k in HEADINGS if k in results
+                          for t in ([results[k]["target"]] if "target" in results[k] else [])
+                          + results[k].get("extra_targets", [])]
     results["one_transfer_per_check"] = results.get("scaling", {}).get("one_transfer_per_check")
     results["wall_s"] = time.perf_counter() - started
     print("\ntargets:")

@@ -49,7 +49,12 @@ def demo(tmp_path_factory):
 
 @pytest.mark.slow
 def test_demo_fast_scale_lr_alerts_at_the_readme_steps(demo):
-    history = readback.history(str(demo["root"] / "fast-scale-lr" / "tensorboard" / "version_0"))
+    records = readback.history(str(demo["root"] / "fast-scale-lr" / "tensorboard" / "version_0"))
+    history = [r for r in records if "attention" not in r]  # the scale's own lines
+    # its config watches the softmax too (attention: true): while the scale pins, the logits grow
+    # and the rows sharpen (the README's picture; rows saturate later, in the full run)
+    head0 = {(r["attention"], r["step"]): r["scale"] for r in records if r.get("attention") and r["index"] == 0}
+    assert head0["max_logit", 59] > 1.5 * head0["max_logit", 9] and head0["entropy", 59] < 0.5 * head0["entropy", 9]
     assert [r["step"] for r in history] == [9, 19, 29, 39, 49, 59]
     assert [(r["step"], kind) for r in history for kind in r["alerts"]] == [(29, "near_upper"), (49, "pinned")]
     assert all(r["grad"] == 0 and r["scale"] == 5.0 for r in history if r["step"] >= 29)  # the clamp cut it

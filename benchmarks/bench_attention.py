@@ -1,0 +1,300 @@
+"""What ``attention=True`` costs: ViT-tiny and BERT-tiny training steps, against the same loop without it.
+
+Models (timm and HF Transformers from configs, no download; AdamW, batch 8):
+
+    vit-tiny    timm ``vit_tiny_patch16_224``'s architecture (12 blocks, 192 wide, 3 heads) on
+                64x64 images (17 tokens), ``F.scaled_dot_product_attention`` (timm's fused path)
+    bert-tiny   HF ``BertForSequenceClassification`` with BERT-tiny's config (2 layers, 128 wide,
+                2 heads, 512 MLP), ``attn_implementation="sdpa"``, 128 tokens, a padding mask
+
+Method. Per model, one plain loop runs blocks of 50 steps ``W B W B ... W B`` after an untimed
+warm-up block: in ``W`` blocks ``watcher.step(step)`` is called, the watcher being
+``ScaleWatcher(model, every_n_steps=50, attention=True)`` with a history file; ``B`` blocks
+never call it, so they do no monitoring work of any kind. 50 is the watcher's period: each
+``W`` block holds exactly one check, and the step before it (which arms the interception for
+the check step's forwards) is in the same block. A block's time is its mean step time (CPU time
+of this process on a CPU, wall time on a GPU); a ``W`` block's ratio is over the mean of the two
+``B`` blocks on either side; min / median / max over rounds, a bootstrap 95% interval of the median.
+
+The check step's extra cost is taken apart directly, outside the loop, over repeated interleaved
+measurements of the same batch: a training forward with the interception armed (the statistics
+computed in it) less the same forward disarmed, plus the engine's check (collecting and reading
+the statistics, the history lines). It is given as a multiple of one attention forward (the
+time of the forward's ``scaled_dot_product_attention`` calls, the work the statistics look at)
+and of the model's whole forward. Extra memory on a check step: the peak of the bytes the
+statistics' own tensor operations hold at once (chunks and per-head sums: an op log of the
+allocations they return, their kernels' scratch aside); on a GPU also ``max_memory_allocated``
+of an armed forward less a disarmed one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from benchmarks.common import PERIOD, StepClock, neighbour_ratios, quiet, ratio_row, ratio_table, spread, with_in_hook
+from scalewatch.callbacks import ScaleWatcher
+from scalewatch.monitor.attention_stats import is_computing
+
+VARIANT = "attention_n50"
+#: median step-time ratio of attention=True (N=50) to the loop without it
+TARGET_RATIO = 1.02
+#: the check step's extra cost, in attention forwards
+TARGET_CHECK_X = 1.5
+COMPARISON = "one plain loop per model, watcher.step called per 50-step block"
+
+
+def vit_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64).to(device)
+    x = torch.randn(8, 3, 64, 64, device=device)
+    y = torch.randint(0, 10, (8,), device=device)
+    return model, lambda: F.cross_entropy(model(x), y), "timm vit_tiny_patch16_224 (12x192, 3 heads), 64x64 images"
+
+
+def bert_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=512, vocab_size=30522, attn_implementation="sdpa")
+    model = transformers.BertForSequenceClassification(config).to(device)
+    ids = torch.randint(0, 30522, (8, 128), device=device)
+    mask = torch.ones(8, 128, dtype=torch.long, device=device)
+    mask[4:, 100:] = 0  # padded keys
+    labels = torch.randint(0, 2, (8,), device=device)
+    return model, lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss, \
+        "HF BertForSequenceClassification, BERT-tiny config (2x128, 2 heads), sdpa, 128 tokens"
+
+
+MODELS: Dict[str, Callable[[torch.device], Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]]] = {
+    "vit-tiny": vit_tiny, "bert-tiny": bert_tiny}
+
+
+def run_loop(build: Callable[..., Any], rounds: int, device: torch.device, root: str) -> Dict[str, Any]:
+    """One loop of ``W`` (warm-up) + ``rounds`` x ``B W`` + ``B`` blocks of 50 steps; per-block times."""
+    schedule = [VARIANT] + ["baseline", VARIANT] * rounds + ["baseline"]
+    steps = len(schedule) * PERIOD + 1
+    model, loss_of, _ = build(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    watcher = ScaleWatcher(model, log_dir=root, every_n_steps=PERIOD, attention=True, plot=False)
+    clock = StepClock(warmup=PERIOD)
+    in_step = 0.0
+    for step in range(steps):
+        clock.tick(device)
+        loss_of().backward()
+        block = step // PERIOD
+        if block < len(schedule) and schedule[block] == VARIANT:
+            t0 = time.perf_counter()
+            watcher.step(step)
+            if block > 0:
+                in_step += time.perf_counter() - t0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    watcher.close()
+    if watcher.checks != schedule.count(VARIANT):
+        raise RuntimeError(f"{watcher.checks} checks in {schedule.count(VARIANT)} watcher blocks")
+    if not watcher.last_readings:
+        raise RuntimeError("the last check recorded no attention statistic")
+    per_block = clock.blocks(len(schedule) - 1)
+    blocks = [{"variant": v, "cpu": c, "wall": w} for v, c, w in zip(schedule[1:], per_block["cpu"], per_block["wall"])]
+    return {"blocks": blocks, "ratios": neighbour_ratios(blocks, [VARIANT]),
+            "in_hook": {"hook_s_per_step": in_step / (PERIOD * rounds), "checks": watcher.checks},
+            "values_per_check": len(watcher.last_readings)}
+
+
+class _StatisticsBytes(TorchDispatchMode):
+    """Peak bytes held by tensors that the attention statistics' own operations return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set = set()
+
+    def _free(self, key: int, n: int) -> None:
+        self.live -= n
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if is_computing():
+            inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs))
+                      if isinstance(a, torch.Tensor)}
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    key = t.untyped_storage().data_ptr()
+                    if key and key not in self._seen and key not in inputs:
+                        n = t.untyped_storage().nbytes()
+                        self._seen.add(key)
+                        self.live += n
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(t, self._free, key, n)
+        return out
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps: int) -> Dict[str, Any]:
+    """The check step's extra work, taken apart: armed forward - disarmed forward, plus the check itself."""
+    model, loss_of, _ = build(device)
+    watcher = ScaleWatcher(model, log_dir=root, every_n_steps=1, attention=True, plot=False)
+    watch = watcher.attention
+    assert watch is not None
+    sdpa = F.scaled_dot_product_attention
+    in_sdpa = [0.0]
+
+    def timed_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = sdpa(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        in_sdpa[0] += time.perf_counter() - t0
+        return out
+
+    plain, armed, attention, check = [], [], [], []
+    watcher.start(0)
+    watch.arm(False)
+    for rep in range(reps + 1):
+        model.zero_grad(set_to_none=True)
+        in_sdpa[0] = 0.0
+        F.scaled_dot_product_attention = timed_sdpa
+        try:
+            loss = _timed(loss_of, device) if rep else None
+        finally:
+            F.scaled_dot_product_attention = sdpa
+        if rep:
+            plain.append(_timed(loss_of, device))
+            attention.append(in_sdpa[0])
+        watch.arm(True)
+        t = _timed(loss_of, device)
+        watch.arm(False)
+        t_check = _timed(lambda: watcher.step(rep), device)
+        if rep:  # the first of each is a warm-up
+            armed.append(t)
+            check.append(t_check)
+        del loss
+    watcher.close()
+    extra_fwd = statistics.median(a - p for a, p in zip(armed, plain))
+    extra = extra_fwd + statistics.median(check)
+    memory = _StatisticsBytes()
+    watch.arm(True)
+    with memory:
+        loss_of()
+    watch.arm(False)
+    cuda_extra = None
+    if device.type == "cuda":
+        peaks = []
+        for on in (False, True):
+            watch.arm(on)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            loss_of()
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            watch.arm(False)
+        cuda_extra = peaks[1] - peaks[0]
+    fwd, att = statistics.median(plain), statistics.median(attention)
+    return {"forward_ms": fwd * 1e3, "attention_ms": att * 1e3, "armed_forward_extra_ms": extra_fwd * 1e3,
+            "check_ms": statistics.median(check) * 1e3, "extra_ms": extra * 1e3,
+            "x_attention_forward": extra / att, "x_model_forward": extra / fwd,
+            "statistics_peak_mib": memory.peak / 2 ** 20,
+            "cuda_extra_peak_mib": None if cuda_extra is None else cuda_extra / 2 ** 20, "reps": reps}
+
+
+def run(rounds: int = 12, reps: int = 15, accelerator: str = "auto", models: Tuple[str, ...] = tuple(MODELS),
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+    quiet()
+    started = time.perf_counter()
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto"
+                                                                       and torch.cuda.is_available()) else "cpu")
+    primary = "wall" if device.type == "cuda" else "cpu"
+    rows: List[Dict[str, Any]] = []
+    checks: Dict[str, Any] = {}
+    descriptions: Dict[str, str] = {}
+    import importlib.util
+
+    for name in models:
+        needs = {"vit-tiny": "timm", "bert-tiny": "transformers"}[name]
+        if importlib.util.find_spec(needs) is None:
+            log(f"  {name}: skipped, {needs} is not installed")
+            continue
+        build = MODELS[name]
+        descriptions[name] = build(torch.device("cpu"))[2]
+        log(f"  {name}: {rounds} rounds of baseline / attention=True blocks on {device.type} ...")
+        with tempfile.TemporaryDirectory(prefix="scalewatch-bench-attention-") as root:
+            one = run_loop(build, rounds, device, root)
+            checks[name] = dict(check_cost(build, device, os.path.join(root, "cost"), reps),
+                                values_per_check=one["values_per_check"])
+        base = [b for b in one["blocks"] if b["variant"] == "baseline"]
+        mine = [b for b in one["blocks"] if b["variant"] == VARIANT]
+        base_wall_ms = statistics.median(b["wall"] for b in base) * 1e3
+        comparison = f"{name}: {COMPARISON}"
+        rows.append(ratio_row("baseline", f"{name}, no monitoring (baseline)", comparison, base, None, len(base)))
+        rows.append(with_in_hook(ratio_row(VARIANT, f"{name}, ScaleWatcher(every_n_steps=50, attention=True)",
+                                           comparison, mine, one["ratios"], len(mine)), one["in_hook"], base_wall_ms))
+    worst = max(r[f"{primary}_ratio"]["median"] for r in rows if r["variant"] == VARIANT)
+    worst_x = max(c["x_attention_forward"] for c in checks.values())
+    return {"benchmark": "attention", "primary_metric": primary, "rows": rows, "checks": checks,
+            "method": __doc__.split("Method.", 1)[1].strip(),
+            "config": {"rounds": rounds, "block_steps": PERIOD, "reps": reps, "models": descriptions,
+                       "device": device.type},
+            "target": {"what": f"attention=True (N=50) / the same loop without it, median {primary}-time ratio "
+                               "(worst model)", "limit": TARGET_RATIO, "value": worst, "met": worst <= TARGET_RATIO},
+            "extra_targets": [{"what": "attention=True: a check step's extra cost in attention forwards (worst model)",
+                               "limit": TARGET_CHECK_X, "value": worst_x, "met": worst_x <= TARGET_CHECK_X}],
+            "wall_s": time.perf_counter() - started}
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    lines = [ratio_table(result, hook_column="in step()"), "",
+             "| model | forward ms | its attention ms | check step extra ms (armed forward + check) "
+             "| x attention forward | x model forward | statistics peak MiB | values per check |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, c in result["checks"].items():
+        mem = f"{c['statistics_peak_mib']:.2f}"
+        if c.get("cuda_extra_peak_mib") is not None:
+            mem += f" (CUDA {c['cuda_extra_peak_mib']:.2f})"
+        lines.append(f"| {name} | {c['forward_ms']:.2f} | {c['attention_ms']:.2f} | {c['extra_ms']:.2f} "
+                     f"({c['armed_forward_extra_ms']:.2f} + {c['check_ms']:.2f}) | {c['x_attention_forward']:.2f} "
+                     f"| {c['x_model_forward']:.3f} | {mem} | {c['values_per_check']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from benchmarks.common import report
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=12, help="rounds (one baseline and one watcher block each)")
+    p.add_argument("--reps", type=int, default=15, help="repetitions of the check-cost measurement")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args.rounds, args.reps, args.accelerator, tuple(args.models))
+    return report(result, "attention=True: overhead per optimizer step and per check", format_table(result), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
