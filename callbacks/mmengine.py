@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 INSTALL_HINT = ("scalewatch's ScaleMonitorHook needs mmengine: pip install 'scalewatch[mmengine]'. "
                 "Without it, use scalewatch.callbacks.ScaleWatcher in your own loop")
@@ -30,6 +30,7 @@ from scalewatch.callbacks.mmengine_runner import (HUB_PREFIX, PLOT_NAME, RunLogF
                                                   logger_interval, optim_wrappers, unscaled)
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, check_positive_int, document_settings
 from scalewatch.callbacks.watcher import ScaleWatcher
+from scalewatch.monitor.history.keys import KEY_PREFIX
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
@@ -130,6 +131,7 @@ class ScaleMonitorHook(Hook):
         max_plot_panels: int = DEFAULT_MAX_PLOT_PANELS,
         notify: Optional[Any] = None,
         max_logged_elements: int = MAX_LOGGED_ELEMENTS,
+        attention: Union[bool, Dict[str, Any]] = False,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -246,7 +248,7 @@ class ScaleMonitorHook(Hook):
         hub = checkpoint.get("message_hub")
         if isinstance(hub, dict) and isinstance(hub.get("resumed_keys"), dict):
             hub["resumed_keys"] = {k: v for k, v in hub["resumed_keys"].items()
-                                   if not k.startswith(HUB_PREFIX + "scalewatch/")}
+                                   if not k.startswith(HUB_PREFIX + KEY_PREFIX)}
 
     def __repr__(self) -> str:
         return f"ScaleMonitorHook(interval={self.interval}, watcher={self.watcher!r})"
