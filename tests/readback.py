@@ -6,6 +6,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -48,12 +49,25 @@ def csv_series(log_dir: str, key: str) -> List[Tuple[int, float]]:
         return [(int(row["step"]), float(row[key])) for row in csv.DictReader(f) if row.get(key) not in (None, "")]
 
 
-def wandb_records(run_dir: str) -> List[dict]:
-    """Every record of an offline W&B run, via `wandb leet inspect --json`."""
+def wandb_records(run_dir: str, timeout: float = 180.0) -> List[dict]:
+    """Every record of an offline W&B run, via `wandb leet inspect --json`, once W&B has written them all.
+
+    ``run.finish()`` can return before W&B's service has written the run file (see
+    ``reliability/support.finished_wandb_records``): wait for its last record, ``exit``.
+    """
     exe = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True,
-                         text=True, timeout=120).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = subprocess.run([str(exe), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                              timeout=120)
+        records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 \
+            else []
+        if any(r.get("type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"W&B never finished the offline run {run_dir} within {timeout:g} s: "
+                                 f"{len(records)} record(s), exit {proc.returncode}: {proc.stderr[-500:]}")
+        time.sleep(0.1)
 
 
 def wandb_history(run_dir: str, key: str) -> List[Tuple[int, float]]:
