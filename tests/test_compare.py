@@ -54,7 +54,9 @@ def runs(tmp_path_factory) -> Dict[str, str]:
         run_dir = root / "runs" / name
         overlay = root / f"{name}-loggers.yaml"  # TensorBoard + CSV only: W&B is not what is compared
         overlay.write_text(LOGGERS.format(root=run_dir))
-        args = [a for c in configs for a in ("--config", os.path.join(CONFIGS, c))]
+        # the scale's record is what is compared here: the overlay's attention statistics stay off
+        # (tests/test_attention_watch.py compares those)
+        args = [a for c in configs for a in ("--config", _without_attention(root, c))]
         procs[name] = subprocess.Popen(
             [sys.executable, TRAIN, "fit", *args, "--config", str(overlay), "--trainer.max_steps", str(STEPS[name]),
              *FAST], cwd=str(root), env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -62,6 +64,16 @@ def runs(tmp_path_factory) -> Dict[str, str]:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{out[-5000:]}"
     return {name: str(root / "runs" / name) for name in RUNS}
+
+
+def _without_attention(root: Path, config: str) -> str:
+    path = os.path.join(CONFIGS, config)
+    text = Path(path).read_text()
+    if "attention: true" not in text:
+        return path
+    copy = root / config
+    copy.write_text(text.replace("attention: true", "attention: false"))
+    return str(copy)
 
 
 def history(run_dir: str) -> List[dict]:
