@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from scalewatch.dashboards.series import DEFAULT_WARN_FRACTION
+from scalewatch.monitor.rules import DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, has_torn_tail, iter_history
 from scalewatch.monitor.history.keys import KEY_PREFIX, READING_KEY_FIELDS, SUMMARY_ONLY_FIELDS, parse_metric_key
 from scalewatch.monitor.reading import Reading
@@ -43,8 +43,6 @@ KINDS = (HISTORY, TENSORBOARD, CSV)
 LOGGED_FIELDS = READING_KEY_FIELDS
 CSV_FILENAME = "metrics.csv"
 EVENTS_PREFIX = "events.out.tfevents"
-
-DEFAULT_PATIENCE = 3
 
 
 class SourceError(Exception):
