@@ -106,17 +106,6 @@ class CheckColumns:
         self.scale, self.raw, self.grad, self.has_grad = scale, raw, grad, has_grad
         self.clamp_fraction, self.has_fraction = clamp_fraction, has_fraction
 
-    @classmethod
-    def from_readings(cls, readings: Sequence[Reading], layout: ScaleLayout) -> "CheckColumns":
-        """The columns of readings already built (in the layout's order)."""
-        grads = [r.grad for r in readings]
-        fractions = [r.clamp_fraction for r in readings]
-        return cls(readings[0].step if readings else 0, layout,
-                   np.array([r.scale for r in readings], dtype=np.float64),
-                   np.array([r.raw for r in readings], dtype=np.float64), _nan_for_none(grads),
-                   np.array([g is not None for g in grads], dtype=bool), _nan_for_none(fractions),
-                   np.array([f is not None for f in fractions], dtype=bool))
-
     def __len__(self) -> int:
         return len(self.scale)
 
