@@ -27,7 +27,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
 
 from scalewatch.callbacks.logger_sinks import ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
-from scalewatch.callbacks.watcher import ScaleWatcher
+from scalewatch.callbacks.watcher import ScaleWatcher, WatcherView
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
@@ -45,7 +45,7 @@ INTEGRATIONS: Tuple[type, ...] = tuple(INTEGRATION_TO_CALLBACK.values())
 
 
 @document_settings
-class ScaleMonitorCallback(TrainerCallback):
+class ScaleMonitorCallback(WatcherView, TrainerCallback):
     r"""Record bounded scales every N optimizer steps of an HF ``Trainer``, alert when they saturate, plot them.
 
     Finds every bounded scale of scalewatch (e.g. ``AttentionBiasGenerator``) in the

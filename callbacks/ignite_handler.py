@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - tested with ignite hidden from 
 
 from scalewatch.callbacks.tracker_sinks import tracker_log_dir, tracker_sink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
-from scalewatch.callbacks.watcher import ScaleWatcher, StepResult
+from scalewatch.callbacks.watcher import ScaleWatcher, StepResult, WatcherView
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
@@ -27,7 +27,7 @@ __all__ = ["ScaleMonitorHandler"]
 
 
 @document_settings
-class ScaleMonitorHandler:
+class ScaleMonitorHandler(WatcherView):
     r"""Record bounded scales every N iterations of an Ignite trainer, alert when they saturate, plot them.
 
     Finds every bounded scale of scalewatch (e.g. ``AttentionBiasGenerator``) in ``model`` by

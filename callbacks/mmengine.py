@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 INSTALL_HINT = ("scalewatch's ScaleMonitorHook needs mmengine: pip install 'scalewatch[mmengine]'. "
                 "Without it, use scalewatch.callbacks.ScaleWatcher in your own loop")
@@ -26,11 +26,11 @@ try:
 except ImportError as err:  # pragma: no cover - tested with mmengine hidden from sys.modules
     raise ImportError(INSTALL_HINT) from err
 
-from scalewatch.callbacks.mmengine_runner import (HUB_PREFIX, PLOT_NAME, RunLogFile, RunnerSink, accumulative_counts,
-                                                  logger_interval, optim_wrappers, unscaled)
+from scalewatch.callbacks.mmengine_runner import (HUB_PREFIX, PLOT_NAME, RunLogFile, RunnerSink, StepReaders,
+                                                  accumulative_counts, logger_interval, optim_wrappers,
+                                                  without_readings)
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, check_positive_int, document_settings
-from scalewatch.callbacks.watcher import ScaleWatcher
-from scalewatch.monitor.history.keys import KEY_PREFIX
+from scalewatch.callbacks.watcher import ScaleWatcher, WatcherView
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
@@ -46,7 +46,7 @@ ARGUMENTS = ("interval", *(f.name for f in dataclasses.fields(WatchSettings) if 
 
 @HOOKS.register_module()
 @document_settings
-class ScaleMonitorHook(Hook):
+class ScaleMonitorHook(WatcherView, Hook):
     r"""Record bounded scales every N optimizer steps of an mmengine Runner, alert when they saturate, plot them.
 
     Finds every bounded scale of scalewatch (e.g. ``AttentionBiasGenerator``) in the
@@ -151,8 +151,7 @@ class ScaleMonitorHook(Hook):
         self.watcher: Optional[ScaleWatcher] = None
         self._sink: Optional[RunnerSink] = None
         self._log_file: Optional[RunLogFile] = None
-        self._wrapped: List[Any] = []  # AmpOptimWrappers whose step reads first
-        self._hooks: List[Any] = []    # optimizer step pre-hooks' handles
+        self._readers: Optional[StepReaders] = None  # reading before each optimizer step
         self._loaded: Optional[Dict[str, Any]] = None  # a checkpoint's state, until training starts
 
     # ---- set-up -------------------------------------------------------------------------
@@ -176,42 +175,12 @@ class ScaleMonitorHook(Hook):
         # a checkpoint's state is continued when training resumes (load_from alone starts at 0)
         self.watcher.begin(runner.iter // accumulative_counts(wrappers[0]) + 1, self._loaded)
         self._loaded = None
-        for wrapper in wrappers:
-            self._read_before_step(runner, wrapper)
-
-    def _read_before_step(self, runner: Any, wrapper: Any) -> None:
-        """Read just before this wrapper's optimizer steps (inside ``update_params``, before grads are zeroed)."""
-        accumulate = accumulative_counts(wrapper)
-        watcher = self.watcher
-
-        def number() -> int:  # runner.iter is the 0-based iteration; its optimizer step, counted from 1
-            return runner.iter // accumulate + 1
-
-        scaler = getattr(wrapper, "loss_scaler", None)  # AmpOptimWrapper's GradScaler
-        if scaler is None:
-            self._hooks.append(watcher.read_before_optimizer_step(wrapper.optimizer, number))
-            return
-        # Under a GradScaler the optimizer's own step is never called on an overflow step (the
-        # scaler skips it), so a pre-step hook would miss those checks: read before the wrapper's step.
-        step = wrapper.step  # the bound method; the instance attribute below shadows it
-
-        def read_then_step(**kwargs: Any) -> Any:
-            if watcher.will_read(number()):
-                with unscaled(scaler, wrapper.optimizer):  # only on check steps
-                    watcher.step(number(), grad_must_be_finite=False)
-                    return step(**kwargs)
-            watcher.step(number(), grad_must_be_finite=False)  # overflow steps are skipped by the scaler
-            return step(**kwargs)
-
-        wrapper.step = read_then_step
-        self._wrapped.append(wrapper)
+        self._readers = StepReaders(self.watcher, runner, wrappers)
 
     def _unhook(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        for wrapper in self._wrapped:
-            vars(wrapper).pop("step", None)  # OptimWrapper.step is itself again
-        self._hooks, self._wrapped = [], []
+        if self._readers is not None:
+            self._readers.remove()
+            self._readers = None
 
     # ---- every iteration ----------------------------------------------------------------
 
@@ -245,10 +214,7 @@ class ScaleMonitorHook(Hook):
             checkpoint[STATE_KEY] = self.watcher.state_dict()
         # The hub keys live for one iteration and are never resumed: keep them out of the
         # checkpoint, or resuming warns about each one.
-        hub = checkpoint.get("message_hub")
-        if isinstance(hub, dict) and isinstance(hub.get("resumed_keys"), dict):
-            hub["resumed_keys"] = {k: v for k, v in hub["resumed_keys"].items()
-                                   if not k.startswith(HUB_PREFIX + KEY_PREFIX)}
+        without_readings(checkpoint)
 
     def __repr__(self) -> str:
         return f"ScaleMonitorHook(interval={self.interval}, watcher={self.watcher!r})"

@@ -15,6 +15,7 @@ from mmengine.visualization import TensorboardVisBackend, WandbVisBackend
 from scalewatch.callbacks.logger_sinks import ScaleSink, WandbSink
 from scalewatch.dashboards import tensorboard_layout
 from scalewatch.dashboards.tensor_series import TensorSeries
+from scalewatch.monitor.history.keys import KEY_PREFIX
 from scalewatch.monitor.saturation import Alert
 
 #: message hub keys are ``train/`` + the engine's ``scalewatch/NAME/FIELD``: LoggerHook
@@ -98,7 +99,7 @@ class RunLogFile(logging.Handler):
         self.files = files
 
     @classmethod
-    def attach(cls, mm_logger: logging.Logger) -> "_RunLogFile":
+    def attach(cls, mm_logger: logging.Logger) -> "RunLogFile":
         target = logging.getLogger("scalewatch")
         for handler in [h for h in target.handlers if isinstance(h, cls)]:  # a crashed run's
             target.removeHandler(handler)
@@ -125,8 +126,9 @@ def _mlflow_sinks(runner: Any) -> List[ScaleSink]:
     sinks: List[ScaleSink] = []
     for backend in _backends(runner, MLflowVisBackend):
         backend.experiment  # noqa: B018 - starts its run if it has not yet
-        from scalewatch.callbacks.mlflow_sink import active_run_sink
+        from scalewatch.callbacks.mlflow_sink import active_run_sink, mlflow_vis_backend
 
+        mlflow_vis_backend(backend)  # element keys NAME[i] as NAME:i (MLflow refuses brackets)
         sink = active_run_sink(runner.log_dir)
         if sink is not None:
             sinks.append(sink)
@@ -163,6 +165,62 @@ def unscaled(scaler: Any, optimizer: Any) -> Iterator[None]:
         yield
     finally:
         del scaler.unscale_
+
+
+class StepReaders:
+    """The engine reading just before each optim wrapper's optimizer steps (inside ``update_params``,
+    before it zeroes the gradients), for every wrapper of a runner; :meth:`remove` takes them off.
+
+    A plain wrapper gets the engine's optimizer step pre-hook. An ``AmpOptimWrapper``'s step is
+    wrapped instead: its scaler skips ``optimizer.step()`` on an overflow (no pre-hook runs) and
+    the gradients are zeroed right after, so only there can a skipped check still be read; on
+    check steps the gradients are unscaled first (the wrapper's own ``unscale_`` before clipping
+    then finds them done).
+    """
+
+    def __init__(self, watcher: Any, runner: Any, wrappers: Sequence[Any]) -> None:
+        self._hooks: List[Any] = []    # optimizer step pre-hooks' handles
+        self._wrapped: List[Any] = []  # AmpOptimWrappers whose step reads first
+        for wrapper in wrappers:
+            self._read_before_step(watcher, runner, wrapper)
+
+    def _read_before_step(self, watcher: Any, runner: Any, wrapper: Any) -> None:
+        accumulate = accumulative_counts(wrapper)
+
+        def number() -> int:  # runner.iter is the 0-based iteration; its optimizer step, counted from 1
+            return runner.iter // accumulate + 1
+
+        scaler = getattr(wrapper, "loss_scaler", None)  # AmpOptimWrapper's GradScaler
+        if scaler is None:
+            self._hooks.append(watcher.read_before_optimizer_step(wrapper.optimizer, number))
+            return
+        step = wrapper.step  # the bound method; the instance attribute below shadows it
+
+        def read_then_step(**kwargs: Any) -> Any:
+            if watcher.will_read(number()):
+                with unscaled(scaler, wrapper.optimizer):  # only on check steps
+                    watcher.step(number(), grad_must_be_finite=False)
+                    return step(**kwargs)
+            watcher.step(number(), grad_must_be_finite=False)  # overflow steps are skipped by the scaler
+            return step(**kwargs)
+
+        wrapper.step = read_then_step
+        self._wrapped.append(wrapper)
+
+    def remove(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        for wrapper in self._wrapped:
+            vars(wrapper).pop("step", None)  # OptimWrapper.step is itself again
+        self._hooks, self._wrapped = [], []
+
+
+def without_readings(checkpoint: Dict[str, Any]) -> None:
+    """Drop the readings from a checkpoint's message hub: a resumed run must not log them again."""
+    hub = checkpoint.get("message_hub")
+    if isinstance(hub, dict) and isinstance(hub.get("resumed_keys"), dict):
+        hub["resumed_keys"] = {k: v for k, v in hub["resumed_keys"].items()
+                               if not k.startswith(HUB_PREFIX + KEY_PREFIX)}
 
 
 def optim_wrappers(optim_wrapper: Any) -> List[Any]:

@@ -7,24 +7,23 @@ checkpoint.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from scalewatch.callbacks import lightning_compat as compat
 from scalewatch.callbacks import mlflow_sink
 from scalewatch.callbacks.lightning_compat import MisconfigurationException
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
-from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher, metric_key
+from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher, WatcherView, metric_key
 from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
-from scalewatch.monitor.saturation import Alert, SaturationTracker
-from scalewatch.monitor.watched_scale import WatchedScale
+from scalewatch.monitor.saturation import Alert
 
 __all__ = ["DEFAULT_EVERY_N_STEPS", "MisconfigurationException", "PLOT_FILENAME", "ScaleMonitor", "metric_key"]
 
 
 @document_settings
-class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
+class ScaleMonitor(WatcherView, *compat.CALLBACK_BASES):  # type: ignore[misc]
     r"""Record bounded scales every N optimizer steps, alert when they saturate, plot them.
 
     A Lightning callback for either package: it is a ``lightning.pytorch.Callback``
@@ -102,35 +101,6 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
         # Lightning formats this into a profiler name on every hook call: build it once.
         return self._state_key
 
-    # The engine's state, for code that looks at the monitor.
-    @property
-    def scales(self) -> List[WatchedScale]:
-        return self.watcher.scales if self.watcher is not None else []
-
-    @property
-    def log_dir(self) -> Optional[str]:
-        return self.watcher.log_dir if self.watcher is not None else None
-
-    @property
-    def history_path(self) -> Optional[str]:
-        return self.watcher.history_path if self.watcher is not None else None
-
-    @property
-    def history(self) -> Any:
-        return self.watcher.history if self.watcher is not None else None
-
-    @property
-    def checks(self) -> int:
-        return self.watcher.checks if self.watcher is not None else 0
-
-    @property
-    def last_step(self) -> int:
-        return self.watcher.last_step if self.watcher is not None else -1
-
-    @property
-    def tracker(self) -> Optional[SaturationTracker]:
-        return self.watcher.tracker if self.watcher is not None else None
-
     # ---- set-up -------------------------------------------------------------------------
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -177,20 +147,13 @@ class ScaleMonitor(*compat.CALLBACK_BASES):  # type: ignore[misc]
     def _show_in_progress_bar(self, trainer: Any) -> None:
         # Written into the dict the progress bar reads (it keeps values between steps):
         # `self.log(..., prog_bar=True)` would cost ~1 ms a check and, for a float, a
-        # host-to-device copy on a GPU.
-        columns = self.watcher.last_columns if self.watcher is not None else None
-        scale_rows = self.watcher.scale_rows if self.watcher is not None else 0  # not the attention statistics
-        if columns is None or not scale_rows:
-            return
-        readings = columns.readings(range(min(2, scale_rows)))  # the two shown, not every reading
-        # The connector's dict itself: the `trainer.progress_bar_metrics` property first walks every
-        # value logged this step (a detach each, an `.item()` each for prog_bar ones: a host sync on a GPU).
+        # host-to-device copy on a GPU. The connector's dict itself: the `trainer.progress_bar_metrics`
+        # property first walks every value logged this step (a detach each, an `.item()` each for
+        # prog_bar ones: a host sync on a GPU).
         shown = getattr(getattr(trainer, "_logger_connector", None), "_progress_bar_metrics", None)
         if not isinstance(shown, dict):  # another Lightning layout: the public property
             shown = trainer.progress_bar_metrics
-        for r in readings[:2]:
-            key = "scale" if scale_rows == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"
-            shown[key] = round(r.scale, 4)
+        shown.update(self.watcher.progress_values() if self.watcher is not None else {})
 
     # ---- the end ------------------------------------------------------------------------
 

@@ -63,6 +63,44 @@ class StepResult(List[Alert]):
 
 
 
+class WatcherView:
+    """What a front door shows of its engine, under the same names on every door.
+
+    A door holds its :class:`ScaleWatcher` in ``self.watcher`` once training starts
+    (``None`` before): these read through it, with empty values until then.
+    """
+
+    watcher: Optional["ScaleWatcher"]
+
+    @property
+    def scales(self) -> List[WatchedScale]:
+        return self.watcher.scales if self.watcher is not None else []
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        return self.watcher.log_dir if self.watcher is not None else None
+
+    @property
+    def history_path(self) -> Optional[str]:
+        return self.watcher.history_path if self.watcher is not None else None
+
+    @property
+    def history(self) -> Any:
+        return self.watcher.history if self.watcher is not None else None
+
+    @property
+    def checks(self) -> int:
+        return self.watcher.checks if self.watcher is not None else 0
+
+    @property
+    def last_step(self) -> int:
+        return self.watcher.last_step if self.watcher is not None else -1
+
+    @property
+    def tracker(self) -> Optional[SaturationTracker]:
+        return self.watcher.tracker if self.watcher is not None else None
+
+
 def _default_is_global_zero() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -513,6 +551,15 @@ class ScaleWatcher:
     def last_readings(self) -> List[Reading]:
         """The last check's readings (built on demand from its columns)."""
         return [] if self.last_columns is None else self.last_columns.readings()
+
+    def progress_values(self, most: int = 2) -> Dict[str, float]:
+        """The last check's first ``most`` scales for a progress bar: ``scale``, or ``scale[NAME]`` for several."""
+        rows = self.scale_rows  # not the attention statistics
+        if self.last_columns is None or not rows:
+            return {}
+        readings = self.last_columns.readings(range(min(most, rows)))  # the ones shown, not every reading
+        return {("scale" if rows == 1 else f"scale[{r.name.rsplit('.', 1)[-1]}]"): round(r.scale, 4)
+                for r in readings}
 
     def _record(self, step: int, columns: CheckColumns, alerts: List[Alert],
                 summaries: Optional[SummaryColumns] = None, skipped_step: bool = False) -> None:
