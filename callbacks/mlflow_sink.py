@@ -13,7 +13,7 @@ most :data:`MLFLOW_CLOSE_WAIT` seconds for what is still queued.
 
 MLflow refuses ``[`` and ``]`` in metric names, so a per-head element's key
 ``scalewatch/NAME[3]/scale`` is logged as ``scalewatch/NAME:3/scale`` (:func:`mlflow_key`);
-``scalewatch report --from mlflow`` reads it back as ``NAME[3]``.
+``scalewatch report runs:/RUN_ID`` reads it back as ``NAME[3]`` (the key codec's MLflow spelling).
 """
 from __future__ import annotations
 
@@ -21,22 +21,20 @@ import collections
 import io
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
-from urllib.parse import unquote, urlparse
 
 from scalewatch.callbacks.logger_sinks import ScaleSink
 from scalewatch.dashboards.filenames import PLOT_FILENAME
+from scalewatch.dashboards.mlflow_source import ARTIFACT_DIR, local_path
 from scalewatch.monitor.history import HISTORY_FILENAME
+from scalewatch.monitor.history.keys import key_from_mlflow, mlflow_metric_key
 from scalewatch.monitor.saturation import Alert
 
 log = logging.getLogger("scalewatch")
 
-#: the artifact folder of a run that holds scalewatch's history and plot
-ARTIFACT_DIR = "scalewatch"
 #: the end of training waits at most this long for queued MLflow calls (as for notifications)
 MLFLOW_CLOSE_WAIT = 10.0
 #: MLflow calls queued at most; beyond, the oldest is dropped (and counted in one warning)
@@ -49,30 +47,29 @@ TAG_CHARS = 5000
 ALERTS_TAG = "scalewatch.alerts"
 ALERT_TAG = "scalewatch.alert.{kind}"
 
-_ELEMENT = re.compile(r"\[(\d+)\]")
-_LOGGED_ELEMENT = re.compile(r":(\d+)(?=/[^/]+$)")
+#: a scalewatch key as MLflow takes it, ``NAME[3]`` -> ``NAME:3``, and back: the key codec's MLflow spelling
+mlflow_key = mlflow_metric_key
 
 
-def mlflow_key(key: str) -> str:
-    """A scalewatch metric key as MLflow takes it: ``NAME[3]`` -> ``NAME:3`` (brackets are refused)."""
-    return _ELEMENT.sub(r":\1", key)
+def mlflow_vis_backend(backend: Any) -> Any:
+    """Have an mmengine ``MLflowVisBackend`` log element keys ``NAME[i]`` as ``NAME:i``.
 
+    LoggerHook hands every backend the same scalars; MLflow refuses the brackets and the
+    whole ``log_batch`` with them (and training with it), so this backend's ``add_scalar`` and
+    ``add_scalars`` rename the keys first. Wrapped once per backend object.
+    """
+    if getattr(backend, "_scalewatch_keys", False):
+        return backend
+    add_scalar, add_scalars = backend.add_scalar, backend.add_scalars
 
-def key_from_mlflow(key: str) -> str:
-    """The inverse of :func:`mlflow_key`: ``scalewatch/NAME:3/scale`` -> ``scalewatch/NAME[3]/scale``."""
-    return _LOGGED_ELEMENT.sub(r"[\1]", key)
+    def scalar(name: str, value: Any, step: int = 0, **kwargs: Any) -> None:
+        add_scalar(mlflow_key(name), value, step, **kwargs)
 
+    def scalars(scalar_dict: Dict[str, Any], step: int = 0, file_path: Optional[str] = None, **kwargs: Any) -> None:
+        add_scalars({mlflow_key(k): v for k, v in scalar_dict.items()}, step, file_path, **kwargs)
 
-def local_path(uri: Optional[str]) -> Optional[str]:
-    """The local folder of an artifact URI (``file:...`` or a plain path); ``None`` for a remote one."""
-    if not uri:
-        return None
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return uri
-    return None
+    backend.add_scalar, backend.add_scalars, backend._scalewatch_keys = scalar, scalars, True
+    return backend
 
 
 def run_log_dir(client: Any, run_id: str, root: Optional[str] = None) -> str:
@@ -255,4 +252,4 @@ def lightning_sink(logger: Any, log_dir: Optional[str]) -> MlflowSink:
 
 __all__ = ["ALERTS_TAG", "ALERT_TAG", "ARTIFACT_DIR", "MLFLOW_CLOSE_WAIT", "MlflowSink", "active_run_sink",
            "is_lightning_mlflow", "key_from_mlflow", "lightning_log_dir", "lightning_sink", "local_path", "mlflow_key",
-           "run_log_dir"]
+           "mlflow_vis_backend", "run_log_dir"]

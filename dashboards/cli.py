@@ -7,21 +7,23 @@
 
 RUN_DIR is a run's log directory or any folder above it (the newest history
 file below it is used), or a file: a history ``.jsonl``, a TensorBoard event
-file or a CSVLogger ``metrics.csv``. Problems are one line on stderr and a
+file or a CSVLogger ``metrics.csv``; or an MLflow run, ``runs:/RUN_ID`` (with
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI``). Problems are one line on stderr and a
 non-zero exit code; a torn last line is a warning and the rest is still used.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, HISTORY, KINDS,
-                                           TENSORBOARD, Source, SourceError, find_history, find_source, has_records,
-                                           torn_tail)
+from scalewatch.dashboards.sources import (CSV, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, HISTORY, KINDS, MLFLOW,
+                                           SOURCE_KINDS, TENSORBOARD, Source, SourceError, find_history, find_source,
+                                           has_records, torn_tail)
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.dashboards.filenames import COMPARE_FILENAME, PLOT_FILENAME
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS
@@ -75,7 +77,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = args.output or os.path.join(src.directory, PLOT_FILENAME)
     if os.path.isdir(out):
         out = os.path.join(out, PLOT_FILENAME)
-    title = args.title or f"scalewatch: scale against its bounds   ({_short(src.directory)})"
+    title = args.title or f"scalewatch: scale against its bounds   ({src.origin or _short(src.directory)})"
     save_plot(data, out, max_panels=None if args.max_panels == 0 else args.max_panels, title=title)
     print(f"wrote {out}")
     return 0
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Plot, report, compare and watch the learnable, clamped scales runs recorded "
                                "with ScaleMonitor.",
         epilog="RUN_DIR: a run's log directory or a folder above it (the newest history file below it is used), "
-               "or one file: a history .jsonl, a TensorBoard event file, a CSVLogger metrics.csv.")
+               "or one file: a history .jsonl, a TensorBoard event file, a CSVLogger metrics.csv; or an MLflow "
+               "run, runs:/RUN_ID (its history artifact, else its scalewatch/* metrics).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -204,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no informational lines on stderr")
 
     reading = argparse.ArgumentParser(add_help=False)
-    reading.add_argument("--from", dest="source", choices=KINDS, default=None,
-                         help=f"read only this kind of source (default: the first found of {', '.join(KINDS)})")
+    reading.add_argument("--from", dest="source", choices=SOURCE_KINDS, default=None,
+                         help=f"read only this kind of source (default: the first found of {', '.join(KINDS)}; "
+                              f"{MLFLOW}: RUN is an MLflow run id)")
+    reading.add_argument("--tracking-uri", metavar="URI", default=None,
+                         help="the MLflow tracking URI of runs:/RUN_ID runs (default: MLFLOW_TRACKING_URI)")
     reading.add_argument("--warn-fraction", type=_bounded(float, 0.0, "a number in (0, 1]", False, 1.0),
                          default=DEFAULT_WARN_FRACTION, metavar="W",
                          help=f"for {TENSORBOARD}/{CSV} sources, which keep no alerts: recompute them with this "
@@ -241,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Exit status: 0 compared; 1 a run could not be read (with --keep-going, after "
                               "comparing the others); 2 bad usage.")
     c.add_argument("runs", nargs="+", metavar="RUN", help="a run as report reads it: a log directory (or a folder "
-                                                          "above one), a history .jsonl, an event file, a metrics.csv")
+                                                          "above one), a history .jsonl, an event file, a metrics.csv, "
+                                                          "runs:/RUN_ID")
     c.add_argument("-o", "--output", metavar="FILE",
                    help=f"also draw the comparison into FILE (PNG; a directory: {COMPARE_FILENAME} in it)")
     c.add_argument("--json", action="store_true", help="print JSON instead of the table (non-finite numbers as null)")
@@ -285,11 +292,27 @@ def _version() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _tracking_uri(uri: Optional[str]) -> Iterator[None]:
+    """``--tracking-uri`` as ``MLFLOW_TRACKING_URI`` while the command runs (compare's runs read it too)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if uri and before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        elif uri:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 a problem with the run's data, 2 bad usage)."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        with _tracking_uri(getattr(args, "tracking_uri", None)):
+            return int(args.handler(args))
     except SourceError as err:
         _error(str(err))
         return 1

@@ -79,7 +79,9 @@ class ComparedRun:
 
     @property
     def directory(self) -> str:
-        """The directory the run is named by: RUN itself, or the folder of a RUN file."""
+        """The directory the run is named by: RUN itself, or the folder of a RUN file (an MLflow run: runs:/ID)."""
+        if self.source.origin:
+            return self.source.origin
         path = os.path.abspath(self.arg)
         return path if os.path.isdir(path) else os.path.dirname(path)
 

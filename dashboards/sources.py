@@ -7,9 +7,11 @@ Three kinds of source yield the same record dicts as the history file
 - ``history``: ``scalewatch_history.jsonl``, the record itself (streamed);
 - ``tensorboard``: an event directory (or file) with ``scalewatch/NAME/FIELD``
   scalars, read with TensorBoard's own ``EventAccumulator``;
-- ``csv``: a CSVLogger ``metrics.csv`` with ``scalewatch/NAME/FIELD`` columns.
+- ``csv``: a CSVLogger ``metrics.csv`` with ``scalewatch/NAME/FIELD`` columns;
+- ``mlflow``: an MLflow run (``runs:/RUN_ID``) that kept only its ``scalewatch/*`` metrics (one that
+  kept its history artifact is read as ``history``; :mod:`~scalewatch.dashboards.mlflow_source`).
 
-Loggers keep only the numbers, so for the last two the hard/soft bound is
+Loggers keep only the numbers, so for the last three the hard/soft bound is
 inferred (a hard bound has ``scale == clamp(raw, min, max)``) and the alerts are
 recomputed with the library's own rules (:class:`SaturationTracker`). The keys
 are read with the history codec's logger-key codec
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from scalewatch.monitor.rules import DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
+from scalewatch.dashboards.mlflow_source import is_run_ref
 from scalewatch.monitor.history import HISTORY_FILENAME, ReadProblems, has_torn_tail, iter_history
 from scalewatch.monitor.history.keys import KEY_PREFIX, READING_KEY_FIELDS, SUMMARY_ONLY_FIELDS, parse_metric_key
 from scalewatch.monitor.reading import Reading
@@ -36,8 +39,11 @@ from scalewatch.monitor.saturation import SaturationTracker
 HISTORY = "history"
 TENSORBOARD = "tensorboard"
 CSV = "csv"
+MLFLOW = "mlflow"
 #: in the order a directory is searched
 KINDS = (HISTORY, TENSORBOARD, CSV)
+#: every kind ``--from`` takes: a directory's, and an MLflow run's (``runs:/RUN_ID``, never searched for)
+SOURCE_KINDS = KINDS + (MLFLOW,)
 
 #: the per-scale fields ScaleMonitor logs (``scalewatch/NAME/FIELD``)
 LOGGED_FIELDS = READING_KEY_FIELDS
@@ -60,11 +66,12 @@ class Source:
     """One run's readings: what kind, where, and how it was chosen.
 
     Args:
-        kind: ``history``, ``tensorboard`` or ``csv``.
-        path: the history file, the event directory (or file), or the metrics.csv.
+        kind: ``history``, ``tensorboard``, ``csv`` or ``mlflow``.
+        path: the history file, the event directory (or file), the metrics.csv, or ``runs:/RUN_ID``.
         note: how it was found, for the "using ..." line.
         warn_fraction, patience: the rules used to recompute alerts for logger
             sources (the history file carries its own).
+        origin: the run's name when it is not a local path (an MLflow run: ``runs:/RUN_ID``).
     """
 
     kind: str
@@ -73,12 +80,18 @@ class Source:
     warn_fraction: float = DEFAULT_WARN_FRACTION
     patience: int = DEFAULT_PATIENCE
     problems: ReadProblems = field(default_factory=ReadProblems)
-    #: TensorBoard's reader, kept from the search so the events are read once
+    #: what the search loaded, so the run is read once: TensorBoard's reader, an MLflow run's rows
     accumulator: Any = field(default=None, repr=False, compare=False)
+    origin: str = ""
+    #: keeps a downloaded artifact's temporary folder alive as long as the source
+    keep: Any = field(default=None, repr=False, compare=False)
 
     @property
     def directory(self) -> str:
-        """The folder the source lives in (where ``scale_history.png`` goes by default)."""
+        """The folder the source lives in (where ``scale_history.png`` goes by default); for a run
+        elsewhere (MLflow), the working directory: its artifacts are the run's, never written to."""
+        if self.origin:
+            return os.getcwd()
         return self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
 
     def records(self) -> Iterator[Dict[str, Any]]:
@@ -87,35 +100,47 @@ class Source:
             return iter_history(self.path, self.problems)
         if self.kind == TENSORBOARD:
             return tensorboard_records(self.path, self.warn_fraction, self.patience, self.accumulator)
+        if self.kind == MLFLOW:
+            return records_from_logged(self.accumulator, self.warn_fraction, self.patience)
         return csv_records(self.path, self.warn_fraction, self.patience, self.problems)
 
     def describe(self) -> str:
-        what = {HISTORY: "history file", TENSORBOARD: "TensorBoard events", CSV: "CSVLogger metrics"}[self.kind]
+        what = {HISTORY: "history file", TENSORBOARD: "TensorBoard events", CSV: "CSVLogger metrics",
+                MLFLOW: "MLflow metrics"}[self.kind]
         extra = f"; {self.note}" if self.note else ""
         if self.kind != HISTORY:
             extra += (f"; alerts recomputed from the logged values with warn_fraction={self.warn_fraction:g}, "
                       f"patience={self.patience}")
-        return f"{self.path} ({what}{extra})"
+        return f"{self.origin or self.path} ({what}{extra})"
 
 
 # ---- finding a run's source ------------------------------------------------------------
 
 
 def find_source(run_dir: str, kind: Optional[str] = None, warn_fraction: float = DEFAULT_WARN_FRACTION,
-                patience: int = DEFAULT_PATIENCE) -> Source:
-    """The readings of the run at ``run_dir`` (a log directory, a parent of one, or a file).
+                patience: int = DEFAULT_PATIENCE, tracking_uri: Optional[str] = None) -> Source:
+    """The readings of the run at ``run_dir`` (a log directory, a parent of one, or a file), or of the
+    MLflow run it names (``runs:/RUN_ID``, ``mlflow:RUN_ID``; with ``kind="mlflow"`` also a bare run id).
 
     A directory is searched below for, in order, history files, TensorBoard event
     directories with scalewatch scalars, and CSVLogger ``metrics.csv`` files with
     scalewatch columns; when there are several of the kind found, the newest is used
     (give its path to pick another). ``kind`` restricts the search to one kind.
 
+    Args:
+        tracking_uri: an MLflow run's tracking URI (default: ``MLFLOW_TRACKING_URI``, else MLflow's).
+
     Raises:
-        SourceError: the path does not exist, or holds no scalewatch readings.
+        SourceError: the path does not exist, or holds no scalewatch readings; an MLflow run that
+            does not exist, or a tracking URI that cannot be reached.
     """
-    if kind is not None and kind not in KINDS:
-        raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind is not None and kind not in SOURCE_KINDS:
+        raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
     opts = dict(warn_fraction=warn_fraction, patience=patience)
+    if kind == MLFLOW or is_run_ref(run_dir):
+        if kind not in (None, MLFLOW):
+            raise SourceError(f"{run_dir}: an MLflow run, not a {kind} source (leave out --from {kind})")
+        return mlflow_source(run_dir, tracking_uri, **opts)
     if not os.path.exists(run_dir):
         raise SourceError(f"{run_dir}: no such file or directory")
     if os.path.isfile(run_dir):
@@ -152,6 +177,39 @@ def find_source(run_dir: str, kind: Optional[str] = None, warn_fraction: float =
               CSV: f"a {CSV_FILENAME} with scalewatch/* columns"}
     wanted = [looked[k] for k in ((kind,) if kind else KINDS)]
     raise SourceError(f"{run_dir}: no scalewatch history found (looked for {' or '.join(wanted)})")
+
+
+def mlflow_source(ref: str, tracking_uri: Optional[str] = None, warn_fraction: float = DEFAULT_WARN_FRACTION,
+                  patience: int = DEFAULT_PATIENCE) -> Source:
+    """The readings of the MLflow run ``ref`` (``runs:/RUN_ID``, ``mlflow:RUN_ID`` or a run id).
+
+    Its history artifact (``scalewatch/scalewatch_history.jsonl``) when it has one, read as a
+    history file; otherwise its ``scalewatch/*`` metrics, read back through the key codec.
+
+    Raises:
+        SourceError: no such run, a tracking URI that cannot be reached, no scalewatch readings.
+    """
+    from scalewatch.dashboards import mlflow_source as ml
+
+    try:
+        with ml.bounded_env():
+            client, run, uri = ml.open_run(ref, tracking_uri)
+            origin = f"runs:/{run.info.run_id}"
+            where = f"MLflow run {run.info.run_id} at {uri}"
+            path, keep = ml.history_artifact(client, run)
+            if path is not None:
+                return Source(HISTORY, path, f"the {ml.ARTIFACT_DIR}/{HISTORY_FILENAME} artifact of {where}",
+                              warn_fraction, patience, origin=origin, keep=keep)
+            rows = ml.logged_rows(client, run)
+    except ml.MlflowReadError as err:
+        raise SourceError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - the server went away between calls: one line, named
+        raise SourceError(f"{ref}: MLflow failed reading it ({ml.short_reason(err)})") from err
+    if not rows:
+        raise SourceError(f"{ref}: {where} has no {ml.ARTIFACT_DIR}/{HISTORY_FILENAME} artifact and no "
+                          "scalewatch/* metrics")
+    return Source(MLFLOW, origin, f"{where}: its scalewatch/* metrics (no history artifact)", warn_fraction,
+                  patience, accumulator=rows, origin=origin)
 
 
 def find_history(run_dir: str) -> Optional[str]:

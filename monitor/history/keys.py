@@ -10,6 +10,7 @@ instead: ``scalewatch/TENSOR/FIELD`` for FIELD in :data:`SUMMARY_KEY_FIELDS`
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from scalewatch.monitor.reading import Reading
@@ -54,15 +55,40 @@ _READING_FIELDS = frozenset(READING_KEY_FIELDS)
 _SUMMARY_ONLY = frozenset(SUMMARY_ONLY_FIELDS)
 
 
-def parse_metric_key(key: str) -> Optional[MetricKey]:
+#: an element's index just before the field: ``NAME[3]/FIELD``, and MLflow's spelling of it, ``NAME:3/FIELD``
+_ELEMENT_KEY = re.compile(r"\[(\d+)\](?=/[^/]+$)")
+_MLFLOW_ELEMENT_KEY = re.compile(r":(\d+)(?=/[^/]+$)")
+
+
+def mlflow_metric_key(key: str) -> str:
+    """A logger key as MLflow takes it: ``scalewatch/NAME[3]/scale`` -> ``scalewatch/NAME:3/scale``.
+
+    MLflow refuses ``[`` and ``]`` in metric names (``:`` it takes); any other key is returned as it is.
+    """
+    return _ELEMENT_KEY.sub(r":\1", key) if "[" in key else key
+
+
+def key_from_mlflow(key: str) -> str:
+    """The inverse of :func:`mlflow_metric_key`: ``scalewatch/NAME:3/scale`` -> ``scalewatch/NAME[3]/scale``."""
+    return _MLFLOW_ELEMENT_KEY.sub(r"[\1]", key) if ":" in key else key
+
+
+def parse_metric_key(key: str, mlflow: bool = False) -> Optional[MetricKey]:
     """``"scalewatch/NAME/FIELD"`` -> ``(NAME, FIELD, is_summary)``; ``None`` for any other key.
 
     NAME may hold ``/``; FIELD is the part after the last one. ``min`` and ``max``
     are both a reading's and a summary's (``is_summary`` False): a NAME is a
     summarised tensor when any of its keys ``is_summary``.
+
+    Args:
+        key: the logged key.
+        mlflow: the key is MLflow's spelling (:func:`mlflow_metric_key`): an element ``NAME:3`` is read
+            as ``NAME[3]``.
     """
     if not key.startswith(KEY_PREFIX):
         return None
+    if mlflow:
+        key = key_from_mlflow(key)
     name, _, field = key[len(KEY_PREFIX):].rpartition("/")
     if not name:
         return None
@@ -155,5 +181,5 @@ def summary_margin_tags(tensor: str) -> List[str]:
 
 
 __all__ = ["ALL_KEYS_GLOB", "BOUND_KEY_FIELDS", "KEY_PREFIX", "MetricKey", "PLOT_TAG", "READING_KEY_FIELDS",
-           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "column_metrics", "margin_tags", "metric_key", "name_glob",
-           "parse_metric_key", "reading_metrics", "summary_margin_tags"]
+           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "column_metrics", "key_from_mlflow", "margin_tags",
+           "metric_key", "mlflow_metric_key", "name_glob", "parse_metric_key", "reading_metrics", "summary_margin_tags"]
