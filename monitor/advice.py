@@ -222,13 +222,18 @@ def _last_run_start(mask: Any) -> int:
 # ---- what to change ---------------------------------------------------------------------
 
 
-def _wider_max(hi: float, generator: bool, shown: str) -> str:
-    if not generator:
+def _wider_max(hi: float, generator: Optional[bool], shown: str) -> str:
+    """A wider upper bound; for a bias generator its max_scale and what stays clamped (``None``: not
+    known whether it is one, so both)."""
+    if generator is False:
         return f"a wider upper bound (above {shown})"
     wider = PRESETS[WIDER_PRESET]["max_scale"]
     target = wider if wider > hi else 2 * hi
     preset = f", the {WIDER_PRESET} preset's" if target == wider else ""
     edge = min(BIAS_EDGE, target)
+    if generator is None:
+        return (f"a wider upper bound (above {shown}; an AttentionBiasGenerator's max_scale={_g(target)}{preset}, "
+                f"its bias itself still clamped to ±min({_g(BIAS_EDGE)}, max_scale) = ±{_g(edge)})")
     return (f"a wider max_scale (e.g. {_g(target)}{preset}; the bias itself stays clamped to "
             f"±min({_g(BIAS_EDGE)}, max_scale) = ±{_g(edge)}, so more of its entries sit at that clamp)")
 
@@ -237,12 +242,13 @@ def _lower_lr(what: str) -> str:
     return f"a lower learning rate for {what} alone (its own parameter group, e.g. a tenth)"
 
 
-def pinned_change(side: str, hi: float, lo: float, generator: bool, soft_already: bool = False,
+def pinned_change(side: str, hi: float, lo: float, generator: Optional[bool], soft_already: bool = False,
                   display: str = IDENTITY) -> str:
     """What to change for a scale pinned at (``side="high"``) or near its upper/lower bound.
 
     ``bound="soft"`` is offered only where it exists (both bounds: ``min + (max - min)·sigmoid``) and
-    is not already used; bounds are named in shown units.
+    is not already used; bounds are named in shown units. ``generator``: whether the scale is an
+    AttentionBiasGenerator's (``None``: not known, as for an alert).
     """
     u = _Units(display)
     options = [] if soft_already or lo != lo or hi != hi else \
@@ -250,7 +256,7 @@ def pinned_change(side: str, hi: float, lo: float, generator: bool, soft_already
     if side == "high":
         options.append(_wider_max(hi, generator, u.shown(hi)) if hi == hi else "a wider upper bound")
     else:
-        options.append(f"a lower min_scale (below {u.shown(lo)})" if generator else
+        options.append(f"a lower min_scale (below {u.shown(lo)})" if generator is True else
                        (f"a lower lower bound (below {u.shown(lo)})" if lo == lo else "a lower lower bound"))
     options.append(_lower_lr("the scale"))
     return "; or ".join(options)
@@ -259,22 +265,34 @@ def pinned_change(side: str, hi: float, lo: float, generator: bool, soft_already
 def alert_advice(alert: Any) -> str:
     """One line of what to do for an alert (the ``pinned`` notification's line); ``""`` for other kinds.
 
-    An :class:`~scalewatch.monitor.saturation.Alert` carries no bound kind or module, so the
-    line names the options for any hard-clamped scale.
+    As specific as the report's advice with what an alert holds: the scale, the bound, how far the
+    raw parameter went, the gradient, and the change with its numbers (:func:`pinned_change`). An
+    :class:`~scalewatch.monitor.saturation.Alert` does not say whether the scale is an
+    AttentionBiasGenerator's, so the wider bound is given both ways.
+
+    Example::
+
+        what to do: head.gen pinned at its upper bound 5 at step 24 (raw 5.251, 0.251 beyond the bound;
+        gradient exactly 0: the hard clamp cuts it) → bound="soft" (...); or a wider upper bound (above 5;
+        an AttentionBiasGenerator's max_scale=8, ...); or a lower learning rate for the scale alone (...)
     """
     if getattr(alert, "kind", None) != PINNED:
         return ""
     hi, lo = _nan(alert.max), _nan(alert.min)
     grad = alert.grad
     high = rules.conditions(alert.scale, alert.raw, grad, None, alert.max)[PINNED] if alert.max is not None else False
-    side = "high" if high else "low"
     bound = hi if high else lo
-    cut = "zero gradient" if grad is not None and abs(grad) <= rules.ZERO_GRAD_ATOL else "gradient pushing outward"
-    what = f"raw {_g(alert.raw)} at/past {'max' if high else 'min'} {_g(bound)}, {cut}"
-    options = ['bound="soft" (keeps a gradient)',
-               "a wider max (AttentionBiasGenerator: the bias stays clamped to ±min(5, max_scale))" if high
-               else "a lower min", _lower_lr("this scale")]
-    return f"what to do ({what}): " + "; or ".join(options)
+    u = _Units(IDENTITY)
+    if grad is None:
+        cut = "no gradient read"
+    elif abs(grad) <= rules.ZERO_GRAD_ATOL:
+        cut = "gradient exactly 0: the hard clamp cuts it"
+    else:
+        cut = f"gradient {_g(grad)} pushing further out: a clamp after the step undoes every update"
+    what = (f"{alert.name} pinned at its {'upper' if high else 'lower'} bound {_g(bound)} at step {alert.step} "
+            f"(raw {_g(alert.raw)}, {u.past(alert.raw, bound)}; {cut})")
+    generator = None if lo == lo else False  # a one-sided scale is never a bias generator's
+    return f"what to do: {what} → {pinned_change('high' if high else 'low', hi, lo, generator)}"
 
 
 # ---- one scale ----------------------------------------------------------------------------

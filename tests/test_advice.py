@@ -181,7 +181,17 @@ def test_the_pinned_alert_gets_one_line_of_what_to_do() -> None:
 
     alert = Alert("pinned", "head.gen", 24, 5.0, 5.251, 0.0, 0.5, 5.0, "m")
     line = alert_advice(alert)
-    assert line.startswith("what to do (raw 5.251 at/past max 5, zero gradient): bound=\"soft\"")
+    # specific, as the report's advice: the scale, its bound, the numbers, the change with its numbers
+    assert line == ("what to do: head.gen pinned at its upper bound 5 at step 24 (raw 5.251, 0.251 beyond the "
+                    "bound; gradient exactly 0: the hard clamp cuts it) → " + adv.pinned_change("high", 5.0, 0.5, None))
+    assert 'bound="soft"' in line and "a wider upper bound (above 5; an AttentionBiasGenerator's max_scale=8, the " \
+        "aggressive preset's, its bias itself still clamped to ±min(5, max_scale) = ±5)" in line
+    low = alert_advice(Alert("pinned", "m.temp", 7, 0.5, 0.3, 0.2, 0.5, 5.0, "m"))
+    assert low.startswith("what to do: m.temp pinned at its lower bound 0.5 at step 7 (raw 0.3, 0.2 beyond the "
+                          "bound; gradient 0.2 pushing further out") and "a lower lower bound (below 0.5)" in low
+    one_sided = alert_advice(Alert("pinned", "attn.logit_scale[2]", 9, 4.605, 4.7, 0.0, None, 4.605, "m"))
+    assert 'bound="soft"' not in one_sided and "AttentionBiasGenerator" not in one_sided
+    assert "a wider upper bound (above 4.605)" in one_sided
     _, body = format_message("tb/version_0", 24, [alert], {})
     assert f"→ {line}" in body.splitlines()
     near = Alert("near_upper", "head.gen", 24, 4.6, 4.6, -0.1, 0.5, 5.0, "m")
