@@ -18,14 +18,14 @@ from multiprocessing import get_context
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scalewatch.dashboards.history_columns import read_series
-from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, TensorReport, bounds_cell, fmt_number,
+from scalewatch.dashboards.report import (NEAR_BOUND_NOTE, ScaleSummary, TensorReport, bounds_cell,
                                           group_summaries, js_number, near_bound_cell, shown_cell, source_json,
                                           table_lines)
 from scalewatch.dashboards.series import ScaleSeries, collect_series
 from scalewatch.monitor.rules import closeness, risk_key
 from scalewatch.dashboards.sources import CSV, HISTORY, TENSORBOARD, Source, SourceError, find_source
 from scalewatch.monitor.advice import short_cell
-from scalewatch.monitor.display import IDENTITY
+from scalewatch.monitor.display import IDENTITY, format_number
 from scalewatch.monitor.history import ReadProblems
 
 DEFAULT_METRIC = "val/loss"
@@ -390,7 +390,7 @@ def comparison_text(c: Comparison) -> str:
             heads = heads or ("" if t.single else f"   ({len(t.elements)} elements)")
             rows.append((r.label, bounds_cell(t), str(t.readings), last, shown_cell(t, t.scale_min),
                          shown_cell(t, t.scale_max), near_bound_cell(t), _alerts_cell(t),
-                         short_cell(r.advice, name), fmt_number(r.metric.value) if r.metric else "-"))
+                         short_cell(r.advice, name), format_number(r.metric.value) if r.metric else "-"))
         note = "" if name not in unshared else f"   (only in {', '.join(unshared[name])})"
         lines += ["", name + heads + note] + table_lines(rows, left=(0, 7, 8))
     lines += ["", NEAR_BOUND_NOTE, "alerts: kind@step ([i]: the element of a per-head scale)",

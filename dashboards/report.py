@@ -24,7 +24,7 @@ import numpy as np
 from scalewatch.dashboards.element_groups import ElementGroup, grouped
 from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound
 from scalewatch.dashboards.sources import HISTORY, Source
-from scalewatch.monitor.display import IDENTITY
+from scalewatch.monitor.display import IDENTITY, format_number
 from scalewatch.monitor.history import ReadProblems
 from scalewatch.monitor.rules import NON_FINITE, PINNED, condition_columns, conditions, near_counts
 
@@ -314,11 +314,6 @@ def _all_alerts(summaries: List[ScaleSummary]) -> List[Tuple[int, ScaleSummary, 
     return sorted(((st, s, k, v) for s in summaries for st, k, v in s.alerts), key=lambda a: a[0])
 
 
-def fmt_number(value: float) -> str:
-    """A number for a table cell: 4 significant digits."""
-    return "nan" if math.isnan(value) else f"{value:.4g}"
-
-
 def bounds_cell(s: ScaleBounds) -> str:
     """``[min, max]`` for a table cell, as shown; a missing bound open: ``(-inf, 4.605]``."""
     return s.range_text(".4g")
@@ -326,7 +321,7 @@ def bounds_cell(s: ScaleBounds) -> str:
 
 def shown_cell(s: ScaleBounds, value: float) -> str:
     """A scale value (raw units) as a table cell, in display units."""
-    return fmt_number(s.shown(value))
+    return format_number(s.shown(value))
 
 
 def warn_cell(s: ScaleBounds) -> str:
@@ -377,7 +372,7 @@ def report_text(summaries: List[ScaleSummary], source: str, advice: Optional[Seq
     else:
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
-            raw = "" if s.display == IDENTITY else f" (raw {fmt_number(value)})"
+            raw = "" if s.display == IDENTITY else f" (raw {format_number(value)})"
             lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={shown_cell(s, value)}{raw}  "
                          f"range {bounds_cell(s)}")
     if advice is not None:
@@ -406,7 +401,7 @@ def _plain_table(summaries: List[ScaleSummary]) -> List[Sequence[str]]:
     for s in summaries:
         rows.append((_name_cell(s, s.name), str(s.readings), shown_cell(s, s.last_scale), shown_cell(s, s.scale_min),
                      shown_cell(s, s.scale_max), bounds_cell(s), warn_cell(s), near_bound_cell(s),
-                     fmt_number(s.last_raw), fmt_number(s.last_grad), str(len(s.alerts))))
+                     format_number(s.last_raw), format_number(s.last_grad), str(len(s.alerts))))
     return rows
 
 
@@ -417,7 +412,7 @@ def _table(tensors: List[TensorReport]) -> List[Sequence[str]]:
 
     def pair(t: ScaleBounds, lo_hi: Tuple[float, float], shown: bool = True) -> str:
         lo, hi = (t.shown(v) for v in lo_hi) if shown else lo_hi
-        return fmt_number(lo) if lo == hi else f"{fmt_number(lo)}..{fmt_number(hi)}"
+        return format_number(lo) if lo == hi else f"{format_number(lo)}..{format_number(hi)}"
 
     for t in tensors:
         rows.append((_name_cell(t, t.name), str(t.element_count), str(t.readings), pair(t, t.last_range()),
@@ -427,5 +422,5 @@ def _table(tensors: List[TensorReport]) -> List[Sequence[str]]:
         for e in ([] if t.single else t.alerted):
             rows.append((f"  [{e.index}]", "", str(e.readings), shown_cell(e, e.last_scale), shown_cell(e, e.scale_min),
                          shown_cell(e, e.scale_max), "", "", near_bound_cell(e), "yes" if e.pinned_now else "-",
-                         fmt_number(e.last_raw), fmt_number(e.last_grad), str(len(e.alerts))))
+                         format_number(e.last_raw), format_number(e.last_grad), str(len(e.alerts))))
     return rows

@@ -15,7 +15,7 @@ import numpy as np
 from scalewatch.dashboards.element_groups import ElementGroup, grouped
 from scalewatch.dashboards.series import ScaleBounds, ScaleSeries
 from scalewatch.monitor.rules import AT_BOUND_RTOL, closeness, outside_columns, risk_key
-from scalewatch.monitor.display import EXP, IDENTITY, check_display
+from scalewatch.monitor.display import IDENTITY, display_values
 
 
 def values(buffer: Any) -> np.ndarray:
@@ -41,12 +41,7 @@ def outside_mask(s: ScaleSeries) -> np.ndarray:
 
 def shown_values(b: ScaleBounds, raw_units: np.ndarray) -> np.ndarray:
     """Values of ``b`` (raw units) as dashboards show them: ``exp`` for ``display="exp"`` (see monitor/display.py)."""
-    if b.display == IDENTITY:
-        return raw_units
-    if check_display(b.display) == EXP:
-        with np.errstate(over="ignore"):  # beyond ~709 the shown value is inf, as display_value gives it
-            return np.exp(raw_units)
-    raise ValueError(f"no array transform for display {b.display!r}")  # a new display needs one here
+    return raw_units if b.display == IDENTITY else display_values(raw_units, b.display)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scalewatch.dashboards.series import as_float
-from scalewatch.monitor.display import IDENTITY, display_value, format_range
+from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.history.follower import READ_CHUNK, HistoryFollower  # noqa: F401 (moved; importable here)
 from scalewatch.monitor import rules
 from scalewatch.monitor.rules import (ALERT_KINDS, NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, lower_warning,
@@ -185,16 +185,9 @@ _SPARK_UNICODE = "▁▂▃▄▅▆▇█"
 _SPARK_ASCII = "_.,-=+*#"
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    v = as_float(value)
-    return "nan" if math.isnan(v) else f"{v:.4g}"
-
-
 def _fmt_pair(pair: Tuple[float, float]) -> str:
     lo, hi = pair
-    return _fmt(lo) if lo == hi or math.isnan(lo) else f"{_fmt(lo)}..{_fmt(hi)}"
+    return format_number(lo) if lo == hi or math.isnan(lo) else f"{format_number(lo)}..{format_number(hi)}"
 
 
 def _position(value: float, lo: float, hi: float, width: int) -> Optional[int]:
@@ -250,7 +243,7 @@ def _end_labels(record: Dict[str, Any]) -> Tuple[str, str]:
     """The bar's end labels, as shown; a missing bound as format_range shows it open (``-inf``, exp: ``0``)."""
     lo, hi = record.get("min"), record.get("max")
     open_lo, open_hi = format_range(None, None, _display(record))[1:-1].split(", ")
-    return (open_lo if lo is None else _fmt(_shown(record, lo))), (open_hi if hi is None else _fmt(_shown(record, hi)))
+    return (open_lo if lo is None else format_number(_shown(record, lo))), (open_hi if hi is None else format_number(_shown(record, hi)))
 
 
 def bar_text(record: Dict[str, Any], width: int = BAR_WIDTH, unicode: bool = True,
@@ -324,7 +317,7 @@ def _row_cells(row: Row) -> List[str]:
     """step, value (shown), raw, grad: a tensor's as ranges across its elements."""
     r = row.record
     if row.band is None:
-        return [str(r.get("step")), _fmt(_shown(r, r.get("scale"))), _fmt(r.get("raw")), _fmt(r.get("grad"))]
+        return [str(r.get("step")), format_number(_shown(r, r.get("scale"))), format_number(r.get("raw")), format_number(r.get("grad"))]
     shown = (_shown(r, row.band[0]), _shown(r, row.band[1]))
     return [str(r.get("step")), _fmt_pair(shown), _fmt_pair(row.raw_band or (math.nan, math.nan)),
             _fmt_pair(row.grad_band or (math.nan, math.nan))]
@@ -453,8 +446,8 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
 def _alert_value(record: Dict[str, Any], value: float) -> str:
     """An alert's scale as its scale's record shows it, with its raw value after it under a display transform."""
     if _display(record) == IDENTITY:
-        return _fmt(value)
-    return f"{_fmt(_shown(record, value))} (raw {_fmt(value)})"
+        return format_number(value)
+    return f"{format_number(_shown(record, value))} (raw {format_number(value)})"
 
 
 def plain_line(record: Dict[str, Any]) -> str:
@@ -462,9 +455,9 @@ def plain_line(record: Dict[str, Any]) -> str:
     held = holding_now(record)
     status = " ".join(k.upper() for k in held) or "ok"
     display = _display(record)
-    scale = _fmt(_shown(record, record.get("scale"))) + ("" if display == IDENTITY else f" ({display})")
+    scale = format_number(_shown(record, record.get("scale"))) + ("" if display == IDENTITY else f" ({display})")
     return (f"step {record.get('step')}  {record.get('name')}  scale={scale}  "
-            f"raw={_fmt(record.get('raw'))}  grad={_fmt(record.get('grad'))}  {bar_ascii(record)}  {status}")
+            f"raw={format_number(record.get('raw'))}  grad={format_number(record.get('grad'))}  {bar_ascii(record)}  {status}")
 
 
 def plain_tensor_line(row: Row) -> str:

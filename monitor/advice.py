@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from scalewatch.monitor import rules
-from scalewatch.monitor.display import IDENTITY, display_value, format_range
+from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.presets import PRESETS
 from scalewatch.monitor.rules import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED
 
@@ -98,10 +98,6 @@ def is_quiet(advice: Iterable[Advice]) -> bool:
 # ---- numbers as text --------------------------------------------------------------------
 
 
-def _g(value: float) -> str:
-    return "nan" if value != value else f"{value:.4g}"
-
-
 def _pct(part: int, whole: int) -> str:
     return f"{part} of {whole} checks ({100.0 * part / whole:.0f}%)" if whole else f"{part} checks"
 
@@ -113,21 +109,21 @@ class _Units:
         self.display = display or IDENTITY
 
     def shown(self, value: float) -> str:
-        return _g(value if self.display == IDENTITY else display_value(value, self.display))
+        return format_number(value if self.display == IDENTITY else display_value(value, self.display))
 
     def raw(self, value: float) -> str:
         if self.display == IDENTITY:
-            return _g(value)
-        return f"{_g(value)} ({self.display} {_g(display_value(value, self.display))})"
+            return format_number(value)
+        return f"{format_number(value)} ({self.display} {format_number(display_value(value, self.display))})"
 
     def bound(self, value: float) -> str:
         if self.display == IDENTITY:
-            return _g(value)
-        return f"{self.shown(value)} (raw {_g(value)})"
+            return format_number(value)
+        return f"{self.shown(value)} (raw {format_number(value)})"
 
     def past(self, raw: float, bound: float) -> str:
         """How far ``raw`` went beyond ``bound``, in raw units (where the optimizer moves it)."""
-        return f"{_g(abs(raw - bound))} beyond the bound" + ("" if self.display == IDENTITY else " in raw units")
+        return f"{format_number(abs(raw - bound))} beyond the bound" + ("" if self.display == IDENTITY else " in raw units")
 
 
 # ---- the facts of one scale ---------------------------------------------------------------
@@ -232,10 +228,10 @@ def _wider_max(hi: float, generator: Optional[bool], shown: str) -> str:
     preset = f", the {WIDER_PRESET} preset's" if target == wider else ""
     edge = min(BIAS_EDGE, target)
     if generator is None:
-        return (f"a wider upper bound (above {shown}; an AttentionBiasGenerator's max_scale={_g(target)}{preset}, "
-                f"its bias itself still clamped to ±min({_g(BIAS_EDGE)}, max_scale) = ±{_g(edge)})")
-    return (f"a wider max_scale (e.g. {_g(target)}{preset}; the bias itself stays clamped to "
-            f"±min({_g(BIAS_EDGE)}, max_scale) = ±{_g(edge)}, so more of its entries sit at that clamp)")
+        return (f"a wider upper bound (above {shown}; an AttentionBiasGenerator's max_scale={format_number(target)}{preset}, "
+                f"its bias itself still clamped to ±min({format_number(BIAS_EDGE)}, max_scale) = ±{format_number(edge)})")
+    return (f"a wider max_scale (e.g. {format_number(target)}{preset}; the bias itself stays clamped to "
+            f"±min({format_number(BIAS_EDGE)}, max_scale) = ±{format_number(edge)}, so more of its entries sit at that clamp)")
 
 
 def _lower_lr(what: str) -> str:
@@ -288,9 +284,9 @@ def alert_advice(alert: Any) -> str:
     elif abs(grad) <= rules.ZERO_GRAD_ATOL:
         cut = "gradient exactly 0: the hard clamp cuts it"
     else:
-        cut = f"gradient {_g(grad)} pushing further out: a clamp after the step undoes every update"
-    what = (f"{alert.name} pinned at its {'upper' if high else 'lower'} bound {_g(bound)} at step {alert.step} "
-            f"(raw {_g(alert.raw)}, {u.past(alert.raw, bound)}; {cut})")
+        cut = f"gradient {format_number(grad)} pushing further out: a clamp after the step undoes every update"
+    what = (f"{alert.name} pinned at its {'upper' if high else 'lower'} bound {format_number(bound)} at step {alert.step} "
+            f"(raw {format_number(alert.raw)}, {u.past(alert.raw, bound)}; {cut})")
     generator = None if lo == lo else False  # a one-sided scale is never a bias generator's
     return f"what to do: {what} → {pinned_change('high' if high else 'low', hi, lo, generator)}"
 
@@ -366,8 +362,8 @@ def _non_finite(f: _Facts) -> Optional[Advice]:
     i = int(np.flatnonzero(mask)[0])
     skips = (f"; {f.skipped_non_finite} more check(s) had a non-finite gradient on steps a GradScaler skipped "
              "(by design, no alert)") if f.skipped_non_finite else ""
-    happened = (f"non-finite at {_pct(count, f.n)}, first at step {int(f.steps[i])} (scale={_g(f.scale[i])}, "
-                f"raw={_g(f.raw[i])}, grad={_g(f.grad[i])}){skips}")
+    happened = (f"non-finite at {_pct(count, f.n)}, first at step {int(f.steps[i])} (scale={format_number(f.scale[i])}, "
+                f"raw={format_number(f.raw[i])}, grad={format_number(f.grad[i])}){skips}")
     change = ("training diverged or overflowed there: lower the learning rate or clip gradients "
               "(max_norm); under fp16 use a GradScaler or bf16")
     return Advice(f.name, NOT_FINITE, happened, change, "non-finite: lower lr", int(f.steps[i]),
@@ -459,7 +455,7 @@ def _attention(tensor: str, elements: List[Any], pinned: List[Advice]) -> List[A
         hit = [f for f in facts if f.held[NEAR_UPPER].any()]
         if not hit:
             return [Advice(tensor, QUIET, f"max logit stayed below its warning line (threshold τ="
-                                          f"{_g(facts[0].hi)}): nothing to change")]
+                                          f"{format_number(facts[0].hi)}): nothing to change")]
         worst = max(hit, key=lambda f: float(np.nanmax(f.scale)))
         tau = worst.hi
         peak_i = int(np.nanargmax(worst.scale))
@@ -468,19 +464,19 @@ def _attention(tensor: str, elements: List[Any], pinned: List[Advice]) -> List[A
         total = sum(f.n for f in facts)
         past = "past" if worst.scale[peak_i] > tau else "near"
         heads = sorted(f.index for f in hit if f.index is not None)
-        happened = (f"max logit {past} its threshold τ={_g(tau)}: up to {_g(worst.scale[peak_i])} at step "
+        happened = (f"max logit {past} its threshold τ={format_number(tau)}: up to {format_number(worst.scale[peak_i])} at step "
                     f"{int(worst.steps[peak_i])}, from step {first}, in {count} of {total} head readings"
                     + (f" (heads {heads})" if heads else ""))
-        change = (f"QK-layernorm (normalise q and k before their product) or QK-clip with τ={_g(tau)} "
+        change = (f"QK-layernorm (normalise q and k before their product) or QK-clip with τ={format_number(tau)} "
                   "(rescale the query/key weights of a head whose max logit passes τ)")
-        return [Advice(tensor, MAX_LOGIT, happened, change, f"max logit: QK-clip τ={_g(tau)}", first,
+        return [Advice(tensor, MAX_LOGIT, happened, change, f"max logit: QK-clip τ={format_number(tau)}", first,
                        tuple(heads))]
     if tensor.endswith(ATTENTION_ENTROPY) and pinned:
         start = float(np.nanmean([f.scale[0] for f in facts]))
         end = float(np.nanmean([f.scale[-1] for f in facts]))
         if start > 0 and end < ENTROPY_COLLAPSE_SHARE * start:
             p = pinned[0]
-            happened = (f"mean row entropy fell from {_g(start)} to {_g(end)} nats while {p.scale} pinned "
+            happened = (f"mean row entropy fell from {format_number(start)} to {format_number(end)} nats while {p.scale} pinned "
                         f"(from step {p.step}): the softmax saturates and the pinned scale keeps it there")
             change = (f"{pinned_change('high' if p.kind == PINNED_HIGH else 'low', math.nan, math.nan, False)}; "
                       "QK-layernorm keeps the logits in the softmax's sensitive range")

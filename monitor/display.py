@@ -13,11 +13,15 @@ Example::
     params = {"logit_scale": ScaleSpec(min=0.0, max=math.log(100), display="exp")}
     shown = display_value(4.60517, "exp")                  # 100.0
     format_range(None, math.log(100), display="exp")        # '(0, 100]'
+
+Numbers are written as text here too (:func:`format_number`), for every view.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
 
 IDENTITY = "identity"
 EXP = "exp"
@@ -30,10 +34,15 @@ def _exp(value: float) -> float:
         return math.inf
 
 
-#: display name -> (transform of a raw-unit value, what a missing lower / upper bound shows as)
-_TRANSFORMS: Dict[str, Tuple[Callable[[float], float], float, float]] = {
-    IDENTITY: (float, -math.inf, math.inf),
-    EXP: (_exp, 0.0, math.inf),
+def _exp_array(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # beyond ~709 the shown value is inf, as _exp gives it
+        return np.exp(values)
+
+
+#: display name -> (transform of a raw-unit value, of an array of them, what a missing lower / upper bound shows as)
+_TRANSFORMS: Dict[str, Tuple[Callable[[float], float], Callable[[np.ndarray], np.ndarray], float, float]] = {
+    IDENTITY: (float, np.asarray, -math.inf, math.inf),
+    EXP: (_exp, _exp_array, 0.0, math.inf),
 }
 DISPLAYS = tuple(_TRANSFORMS)
 #: record fields a display transform maps (``raw`` and ``grad`` stay in optimizer units)
@@ -56,6 +65,27 @@ def display_value(value: Optional[float], display: str = IDENTITY) -> Optional[f
     if value is None:
         return None
     return _TRANSFORMS[check_display(display)][0](value)
+
+
+def display_values(values: np.ndarray, display: str = IDENTITY) -> np.ndarray:
+    """:func:`display_value` for an array of raw-unit values (NaN stays NaN).
+
+    Raises:
+        ValueError: for an unknown ``display``.
+    """
+    return _TRANSFORMS[check_display(display)][1](values)
+
+
+def format_number(value: Optional[float], fmt: str = ".4g", missing: str = "-") -> str:
+    """A number as every view writes it: ``fmt`` (4 significant digits), ``nan`` and ``inf`` as
+    such, and ``missing`` for ``None`` (a table's ``-``, an alert's ``None``).
+
+    Example::
+
+        format_number(4.605170185988092)    # '4.605'
+        format_number(None, missing="n/a")  # 'n/a'
+    """
+    return missing if value is None else format(float(value), fmt)
 
 
 def display_record(record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -84,7 +114,7 @@ def format_range(lo: Optional[float], hi: Optional[float], display: str = IDENTI
 
     With ``display="exp"`` the bounds are transformed first: ``(None, ln 100)`` reads ``(0, 100]``.
     """
-    transform, missing_lo, missing_hi = _TRANSFORMS[check_display(display)]
+    transform, _, missing_lo, missing_hi = _TRANSFORMS[check_display(display)]
     left = f"({missing_lo:{fmt}}" if lo is None else f"[{transform(lo):{fmt}}"
     right = f"{missing_hi:{fmt}})" if hi is None else f"{transform(hi):{fmt}}]"
     return f"{left}, {right}"

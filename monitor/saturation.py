@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from scalewatch.monitor.display import IDENTITY, display_value, format_range
+from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.rules import (ALERT_KINDS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, NEAR_LOWER, NEAR_UPPER,
                                       NON_FINITE, PINNED, ZERO_GRAD_ATOL, is_pinned, lower_warning, reading_columns,
                                       reading_conditions, upper_warning)
@@ -57,20 +57,16 @@ class Alert:
         return asdict(self)
 
 
-def _g(value: Optional[float], fmt: str = ".4g") -> str:
-    return "None" if value is None else format(value, fmt)
-
-
 def _message(kind: str, r: Reading, warn_fraction: float, patience: int) -> str:
     where = (f"{r.name} at step {r.step}: scale={r.scale:.4g} (range {format_range(r.min, r.max)}), "
-             f"raw={r.raw:.4g}, grad={_g(r.grad, '.3g')}")
+             f"raw={r.raw:.4g}, grad={format_number(r.grad, '.3g', missing='None')}")
     if r.display != IDENTITY:
-        where += (f" [shown as {r.display}: scale={_g(display_value(r.scale, r.display))}, "
+        where += (f" [shown as {r.display}: scale={format_number(display_value(r.scale, r.display))}, "
                   f"range {format_range(r.min, r.max, r.display, '.4g')}]")
     if kind == NEAR_UPPER:
-        return f"Scale near upper bound! {where}; above {warn_fraction:g} x max_scale = {_g(upper_warning(r.max, warn_fraction))}"
+        return f"Scale near upper bound! {where}; above {warn_fraction:g} x max_scale = {format_number(upper_warning(r.max, warn_fraction))}"
     if kind == NEAR_LOWER:
-        return f"Scale near lower bound! {where}; below {_g(lower_warning(r.min, r.max, warn_fraction))}"
+        return f"Scale near lower bound! {where}; below {format_number(lower_warning(r.min, r.max, warn_fraction))}"
     if kind == PINNED:
         return (f"Scale pinned at its bound! {where}; the raw parameter is at or beyond the bound and its "
                 f"gradient cannot bring it back ({patience} checks in a row): a clamp in forward has cut the "

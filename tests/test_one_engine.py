@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +30,8 @@ from scalewatch.callbacks.watcher import ScaleWatcher, StepResult
 from scalewatch.dashboards.report import ScaleSummary
 from scalewatch.dashboards.series import collect_series
 from scalewatch.dashboards.tensor_series import outside_mask
-from scalewatch.dashboards.watch import holding_now, raw_side
+from scalewatch.dashboards.watch import holding_now, plain_line, raw_side
+from scalewatch.monitor import display as display_module
 from scalewatch.monitor import rules
 from scalewatch.monitor.history import iter_history
 from scalewatch.monitor.reading import Reading
@@ -360,3 +362,29 @@ def read_scales_for(scales: Any, step: int) -> List[Reading]:
                                max=s.max, bound=s.bound, clamp_fraction=fracs[i],
                                tensor=None if n == 1 else s.name, index=None if n == 1 else i, display=s.display))
     return out
+
+
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(-800, 800)),
+                min_size=1, max_size=20))
+@settings(max_examples=50, deadline=None)
+def test_the_array_display_transform_is_the_scalar_one(values: List[float]) -> None:
+    """Plots and per-tensor series turn whole columns; report, watch and alerts turn one value: the same numbers."""
+    for display in display_module.DISPLAYS:
+        column = display_module.display_values(np.asarray(values, dtype=np.float64), display)
+        one_by_one = [display_module.display_value(v, display) for v in values]
+        assert np.array_equal(column, np.asarray(one_by_one, dtype=np.float64), equal_nan=True)
+    with pytest.raises(ValueError, match="display"):
+        display_module.display_values(np.zeros(2), "log")
+
+
+def test_every_view_writes_a_number_one_way() -> None:
+    """The alert message, the watch line, the report cell and the advice all write 4.605 for ln 100."""
+    ln100 = math.log(100)
+    assert display_module.format_number(ln100) == "4.605"
+    assert display_module.format_number(math.nan) == "nan" and display_module.format_number(-math.inf) == "-inf"
+    assert display_module.format_number(None) == "-" and display_module.format_number(None, missing="None") == "None"
+    reading = Reading(name="s", step=3, scale=ln100, raw=ln100, grad=None, min=0.0, max=ln100)
+    message = SaturationTracker(warn_fraction=0.9, patience=1).update_all([reading])[0].message
+    assert "scale=4.605" in message and "grad=None" in message
+    line = plain_line(dict(reading.to_record(), checks=1))
+    assert "4.605" in line and "grad=-" in line
