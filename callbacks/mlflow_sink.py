@@ -56,11 +56,16 @@ def mlflow_vis_backend(backend: Any) -> Any:
 
     LoggerHook hands every backend the same scalars; MLflow refuses the brackets and the
     whole ``log_batch`` with them (and training with it), so this backend's ``add_scalar`` and
-    ``add_scalars`` rename the keys first. Wrapped once per backend object.
+    ``add_scalars`` rename the keys first. Its ``add_image`` gets a ``.png`` on a name without
+    an extension (``mlflow.log_image`` refuses one; the door's plot is ``scalewatch_plot``).
+    Wrapped once per backend object.
     """
     if getattr(backend, "_scalewatch_keys", False):
         return backend
-    add_scalar, add_scalars = backend.add_scalar, backend.add_scalars
+    add_scalar, add_scalars, add_image = backend.add_scalar, backend.add_scalars, backend.add_image
+
+    def image(name: str, image: Any, step: int = 0, **kwargs: Any) -> None:
+        add_image(name if os.path.splitext(name)[1] else name + ".png", image, step, **kwargs)
 
     def scalar(name: str, value: Any, step: int = 0, **kwargs: Any) -> None:
         add_scalar(mlflow_key(name), value, step, **kwargs)
@@ -68,7 +73,8 @@ def mlflow_vis_backend(backend: Any) -> Any:
     def scalars(scalar_dict: Dict[str, Any], step: int = 0, file_path: Optional[str] = None, **kwargs: Any) -> None:
         add_scalars({mlflow_key(k): v for k, v in scalar_dict.items()}, step, file_path, **kwargs)
 
-    backend.add_scalar, backend.add_scalars, backend._scalewatch_keys = scalar, scalars, True
+    backend.add_scalar, backend.add_scalars, backend.add_image = scalar, scalars, image
+    backend._scalewatch_keys = True
     return backend
 
 

@@ -35,6 +35,7 @@ READ_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT
             "MLFLOW_ALLOW_FILE_STORE": "true"}
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_DIGITS = re.compile(r"(\d+)")
 
 
 class MlflowReadError(Exception):
@@ -177,14 +178,15 @@ def history_artifact(client: Any, run: Any) -> Tuple[Optional[str], Any]:
 
 
 def logged_rows(client: Any, run: Any) -> List[Tuple[int, str, Dict[str, float]]]:
-    """The run's ``scalewatch/*`` metrics as ``(step, NAME, {FIELD: value})`` rows in step order,
-    names in the order their keys come; a value logged twice at a step: the later one."""
+    """The run's ``scalewatch/*`` metrics as ``(step, NAME, {FIELD: value})`` rows in step order, names
+    in natural order (MLflow keeps no order: ``NAME[2]`` before ``NAME[10]``); a value logged twice at a
+    step: the later one."""
+    keys = [(key, parsed) for key, parsed in ((k, parse_metric_key(k, mlflow=True)) for k in run.data.metrics)
+            if parsed is not None]
+    keys.sort(key=lambda kp: [int(t) if t.isdigit() else t for t in _DIGITS.split(kp[1].name)])
     order: Dict[str, int] = {}
     values: Dict[Tuple[int, int], Dict[str, float]] = {}
-    for key in run.data.metrics:
-        parsed = parse_metric_key(key, mlflow=True)
-        if parsed is None:
-            continue
+    for key, parsed in keys:
         index = order.setdefault(parsed.name, len(order))
         for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp):
             values.setdefault((int(m.step), index), {})[parsed.field] = float(m.value)
