@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                 # what `make bench` runs (a few minutes)
     python -m benchmarks.run --quick         # seconds: checks the harness, numbers mean little
-    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, scaling, per_head, memory, attention, hf, mmengine
+    python -m benchmarks.run --only scaling  # any of: overhead, plain_loop, sharded, scaling, per_head, memory, attention, hf, mmengine
     python -m benchmarks.run --only overhead --baseline-ref c093679   # + the Lightning rows of an earlier commit
 
 Results go to ``benchmarks/results/`` (git-ignored): ``bench-<time>.json``, and
@@ -25,11 +25,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from benchmarks import bench_memory, bench_overhead, bench_per_head, bench_plain_loop, bench_scaling, compare_refs
+from benchmarks import (bench_memory, bench_overhead, bench_per_head, bench_plain_loop, bench_scaling, bench_sharded,
+                        compare_refs)
 from benchmarks.common import describe_machine, machine, quiet, timestamp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ("overhead", "plain_loop", "scaling", "per_head", "memory", "attention", "hf", "mmengine")
+PARTS = ("overhead", "plain_loop", "sharded", "scaling", "per_head", "memory", "attention", "hf", "mmengine")
 #: parts written elsewhere, loaded only when asked for: part -> (module, framework it needs, extra that installs it)
 OPTIONAL_PARTS = {"attention": ("benchmarks.bench_attention", "timm", "timm"),
                   "hf": ("benchmarks.bench_hf", "transformers", "transformers"),
@@ -40,6 +41,8 @@ HEADINGS: Dict[str, Callable[[Dict[str, Any]], str]] = {
                            f"{r['config']['model']}; loggers {r['config']['loggers']})"),
     "plain_loop": lambda r: ("**A plain PyTorch loop: ScaleWatcher per optimizer step** (ratio to the same loop "
                              f"without it; loggers: {r['config']['loggers']})"),
+    "sharded": lambda r: ("**FSDP2, 2 gloo processes: ScaleWatcher per optimizer step** (ratio to the same loop "
+                          "without it, per rank; then the check step's time beside one process's)"),
     "hf": lambda r: f"**HF Transformers Trainer** (ratio to no callback; loggers: {r['config'].get('loggers')})",
     "mmengine": lambda r: f"**mmengine Runner** (ratio to no hook; loggers: {r['config'].get('loggers')})",
     "compare_refs": lambda r: (f"**Lightning rows, {r['config']['ref']} against the working tree** (ratio to no "
@@ -111,6 +114,9 @@ def main(argv=None) -> int:
     if "plain_loop" in args.only:
         part("plain_loop", bench_plain_loop, "ScaleWatcher in a plain PyTorch loop, interleaved A/B",
              accelerator=args.accelerator, **(dict(rounds=2) if quick else {}))
+    if "sharded" in args.only:
+        part("sharded", bench_sharded, "ScaleWatcher in a 2-process FSDP2 plain loop (gloo), interleaved A/B",
+             **(dict(rounds=1) if quick else {}))
     for key in ("hf", "mmengine"):
         module = optional_part(key) if key in args.only else None
         if module is not None:

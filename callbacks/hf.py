@@ -26,6 +26,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError(INSTALL_HINT) from err
 
 from scalewatch.callbacks.logger_sinks import ScaleSink, TensorBoardSink, WandbSink
+from scalewatch.callbacks.tracker_sinks import with_tracker
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.callbacks.watcher import ScaleWatcher, WatcherView
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
@@ -110,6 +111,8 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
         self.watcher: Optional[ScaleWatcher] = None
         self._handler: Optional[CallbackHandler] = None
         self._start_at: Optional[int] = None  # the step the record starts at, once the loggers exist
+        self._deepspeed_step: Optional[Tuple[Any, Callable[..., Any]]] = None  # (optimizer, its own step)
+        self._stop = False  # an alert asked to stop: HF is told at the next on_pre_optimizer_step
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -127,6 +130,8 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
         self.watcher = ScaleWatcher(model, settings=self.settings, is_global_zero=state.is_world_process_zero,
                                     first_step=1, door_every_n_steps=int(state.logging_steps or 0) or None)
         self._start_at = state.global_step + 1
+        self._stop = False
+        self._read_before_deepspeed_step(kwargs.get("optimizer"), state)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # The first step, not on_train_begin: that may run before the integrations' own
@@ -143,6 +148,12 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                               **kwargs: Any) -> None:
         # HF calls this once per optimizer step, after accumulation, unscaling and clipping.
+        if self._deepspeed_step is None:
+            self._read(state, optimizer)
+        if self._stop:
+            control.should_training_stop = True
+
+    def _read(self, state: Any, optimizer: Any) -> None:
         watcher = self.watcher
         if watcher is None:
             return
@@ -152,12 +163,34 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
             return
         # Saved with trainer_state.json by every checkpoint from here on.
         state.stateful_callbacks[STATE_KEY] = watcher.state_dict()
-        if result.stop:
-            control.should_training_stop = True
+        self._stop = self._stop or result.stop
+
+    def _read_before_deepspeed_step(self, optimizer: Any, state: Any) -> None:
+        # Under DeepSpeed accelerate runs engine.step() inside accelerator.backward, before
+        # on_pre_optimizer_step: read as the engine's optimizer steps (every rank), not one update late.
+        # The gradient is then the accumulated, reduced one, before DeepSpeed's own clipping.
+        self._unwrap_deepspeed_step()
+        inner = getattr(optimizer, "optimizer", None)
+        if type(optimizer).__name__ != "DeepSpeedOptimizerWrapper" or inner is None:
+            return
+        self._deepspeed_step = (inner, inner.step)
+
+        def read_then_step(*args: Any, **kwargs: Any) -> Any:
+            self._read(state, optimizer)
+            return self._deepspeed_step[1](*args, **kwargs)  # type: ignore[index]
+
+        inner.step = read_then_step
+
+    def _unwrap_deepspeed_step(self) -> None:
+        if self._deepspeed_step is not None:
+            inner, step = self._deepspeed_step
+            inner.step = step
+            self._deepspeed_step = None
 
     # ---- the end ------------------------------------------------------------------------
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._unwrap_deepspeed_step()
         if self.watcher is not None:
             self.watcher.close(step=state.global_step)
         self._handler = None  # found again by the next train(); holds the Trainer's model and optimizer
@@ -206,7 +239,7 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
                 sink = active_run_sink(os.path.abspath(args.output_dir))
                 sinks.append(sink if sink is not None else IntegrationSink(cb, args, state, control))
             elif isinstance(cb, INTEGRATIONS):
-                sinks.append(IntegrationSink(cb, args, state, control))
+                sinks.append(with_tracker(cb, IntegrationSink(cb, args, state, control), args.output_dir))
         return sinks
 
     def __repr__(self) -> str:

@@ -39,6 +39,9 @@ class DriftModel(PreTrainedModel):
         self.proj = nn.Linear(config.features, config.features)
         self.post_init()
 
+    def get_input_embeddings(self) -> None:
+        return None  # no embedding; accelerate's FSDP2 preparation asks for it
+
     def forward(self, x: torch.Tensor, **kwargs: Any) -> dict:
         weights = torch.sigmoid(self.proj(x)).unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, Q, K] in (0, 1)
         bias = self.head.attention_bias_generator(weights)

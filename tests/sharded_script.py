@@ -9,7 +9,8 @@ ENGINEs, one after the other in the same two processes: ``ddp`` (DDP around a mo
 (``fully_shard``), ``fsdp1`` (``use_orig_params=True``, the per-head generator wrapped on its
 own), ``fsdp1-flat`` (``use_orig_params=False``), ``zero3`` (DeepSpeed ZeRO-3),
 ``fsdp2-resume`` (FSDP2 continuing a single-process run's record: ``OUT_DIR/single-ckpt.pt``),
-then the faults: ``fault-diverge`` (rank 1 watches one more scale), ``fault-missing`` (rank 1
+``fsdp2-part`` (FSDP2's first checks, saved to ``OUT_DIR/fsdp2-ckpt.pt`` for a single process to continue),
+``hf-fsdp``, ``hf-fsdp1``, ``hf-zero3`` (HF's Trainer: tests/hf_sharded_script.py), then the faults: ``fault-diverge`` (rank 1 watches one more scale), ``fault-missing`` (rank 1
 stops calling ``step()``; the last engine: the process group is left broken).
 
 Each rank of each engine writes ``OUT_DIR/ENGINE/rank<N>.json``: where it stopped, its checks,
@@ -195,7 +196,10 @@ def train(engine: str, log_dir: str, rank: int = 0, resume: Optional[Dict[str, A
     and the watcher's state to ``checkpoint``, single process only)."""
     net = build()
     if resume is not None:
-        net.load_state_dict(resume["model"])  # a single-process (0-dim) checkpoint into the shardable model
+        # either way: a single-process (0-dim) checkpoint into the sharded model, a sharded run's
+        # (1-element) one into the single-process model; the shardable model loads both
+        make_shardable(net, params=["logit_scale"])
+        net.load_state_dict(resume["model"])
     model, _, backward, step_fn, zero_grad = wrap(engine, net)
     batches = data()
     collectives = CollectiveCount() if engine != "single" else None
@@ -225,8 +229,14 @@ def train(engine: str, log_dir: str, rank: int = 0, resume: Optional[Dict[str, A
             zero_grad()
             if watcher.should_stop:
                 break
-    if checkpoint is not None:
+    if checkpoint is not None and engine == "single":
         torch.save({"model": net.state_dict(), "watcher": watcher.state_dict()}, checkpoint)
+    elif checkpoint is not None:  # the full (unsharded) state, gathered for rank 0, as users save FSDP2
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            torch.save({"model": state, "watcher": watcher.state_dict()}, checkpoint)
     return dict(rank=rank, engine=engine, stopped_at=step, checks=watcher.checks, per_step=per_step,
                 handshake=at_start, off_check=off_check, alerts=[(a.kind, a.name, a.step) for a in fired],
                 is_global_zero=watcher.is_global_zero, history=watcher.history is not None,
@@ -260,7 +270,7 @@ def main(out_dir: str, engines: List[str]) -> None:
     import torch.distributed as dist
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if "zero3" in engines:
+    if "zero3" in engines or "hf-zero3" in engines:
         import deepspeed
 
         # DeepSpeed JIT-compiles a shared-memory all-reduce for CPUs (minutes of C++); gloo does without
@@ -278,8 +288,15 @@ def main(out_dir: str, engines: List[str]) -> None:
         if engine == "fsdp2-resume":
             resume = torch.load(os.path.join(out_dir, "single-ckpt.pt"), weights_only=False)
             start = resume["watcher"]["last_step"] + 1
-        if engine.startswith("fault-"):
+        if engine == "fsdp2-part":  # the first checks under FSDP2, saved: a single process continues them
+            result = train("fsdp2", os.path.join(where, "run"), rank, stop_after=6,
+                           checkpoint=os.path.join(out_dir, "fsdp2-ckpt.pt"))
+        elif engine.startswith("fault-"):
             result = fault(engine[len("fault-"):], os.path.join(where, "run"), rank)
+        elif engine.startswith("hf-"):  # HF's Trainer (tests/hf_sharded_script.py) in the same processes
+            import hf_sharded_script
+
+            result = hf_sharded_script.run(engine, where, rank, collectives=CollectiveCount())
         else:
             result = train(engine, os.path.join(where, "run"), rank, resume=resume, start=start)
         with open(os.path.join(where, f"rank{rank}.json"), "w", encoding="utf-8") as f:

@@ -2,8 +2,9 @@
 
 Real engines, 2 gloo processes on the CPU (tests/sharded_script.py, tests/accelerate_script.py):
 DDP (with a checkpoint-wrapped block), DDP around ``torch.compile``, FSDP2 ``fully_shard``, FSDP1
-(``use_orig_params`` True and False), DeepSpeed ZeRO-3, HF Accelerate, and FSDP2 continuing a
-single-process run's record. For each: rank 0's history equals the unwrapped single-process run
+(``use_orig_params`` True and False), DeepSpeed ZeRO-3, HF Accelerate, FSDP2 continuing a
+single-process run's record and one process continuing an FSDP2 run's, and HF's ``Trainer`` under
+FSDP2, FSDP1 and ZeRO-3 (tests/hf_sharded_script.py, against a one-process Trainer). For each: rank 0's history equals the unwrapped single-process run
 of the same model and data line for line (names, steps, alerts; values within float tolerance:
 full values and gradients, not shards), one history file, the same stop step on every rank,
 the model's own names, exactly one collective per check and none off check steps (counted by
@@ -26,6 +27,7 @@ import pytest
 import torch
 from torch import nn
 
+import hf_sharded_script as H
 import readback
 import sharded_script as S
 from front_doors import torchrun
@@ -38,6 +40,9 @@ ENGINES = ["ddp", "compile", "fsdp2", "fsdp1", "fsdp1-flat", "zero3"]
 NAMES = ["head.attention_bias_generator", "per_head", "logit_scale"]
 VALUES = ("scale", "raw", "grad", "clamp_fraction")
 FAULT_TIMEOUT = 10
+#: HF's Trainer under FSDP2, FSDP1 and DeepSpeed ZeRO-3 (tests/hf_sharded_script.py), in the same launch
+HF_CASES = ["hf-fsdp", "hf-fsdp1", "hf-zero3"]
+FULL_HF = 8 * 8 + 8 + 1  # the HF model's elements: proj's weight and bias, the scale
 
 
 def _free_port() -> int:
@@ -55,9 +60,14 @@ def runs(tmp_path_factory) -> Path:
     S.train("single", str(out / "single-part"), stop_after=6, checkpoint=str(out / "single-ckpt.pt"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(COLLECTIVE_TIMEOUT_ENV, str(FAULT_TIMEOUT))  # the faults' wait (the others never wait long)
-        launched = torchrun(str(HERE / "sharded_script.py"), str(out), *ENGINES, "fsdp2-resume", "fault-diverge",
-                            "fault-missing", timeout=240)
+        launched = torchrun(str(HERE / "sharded_script.py"), str(out), *ENGINES, "fsdp2-resume", "fsdp2-part",
+                            *HF_CASES, "fault-diverge", "fault-missing", timeout=300)
     assert launched.returncode == 0, launched.stderr[-4000:]
+    # and back: one process continues the FSDP2 run's record from its (gathered, full) checkpoint
+    back = torch.load(out / "fsdp2-ckpt.pt", weights_only=False)
+    S.train("single", str(out / "back" / "run"), resume=back, start=back["watcher"]["last_step"] + 1)
+    single = H.run("single", str(out / "hf-single"), 0)  # HF's Trainer in one process: the HF cases' model, data
+    (out / "hf-single" / "rank0.json").write_text(json.dumps(single))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     # `accelerate launch --cpu --num_processes 2` starts ONE process; --multi_gpu is the multi-process
     # launcher, and Accelerator(cpu=True) in the script makes it a CPU (gloo) run
@@ -109,6 +119,44 @@ def test_a_wrapped_or_sharded_run_records_what_the_unwrapped_run_records(runs: P
     histories = sorted((runs / engine).rglob("scalewatch_history*.jsonl"))
     assert histories == [runs / engine / "run" / HISTORY_FILENAME]
     _same_lines(readback.history(str(runs / engine / "run")), reference)
+
+
+@pytest.mark.slow
+def test_a_sharded_runs_record_continues_in_one_process(runs: Path) -> None:
+    # FSDP2 took the first checks (steps 1, 3, 5) and saved its full state; one process went on from step 6
+    part = readback.history(str(runs / "fsdp2-part" / "run"))
+    assert sorted({r["step"] for r in part}) == [1, 3, 5]
+    reference = readback.history(str(runs / "single" / "run"))
+    _same_lines(part, [r for r in reference if r["step"] <= 5])
+    # the one record, no step repeated, line for line the unwrapped run's
+    _same_lines(readback.history(str(runs / "back" / "run")), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", HF_CASES)
+def test_hf_trainer_sharded_records_what_one_process_records(runs: Path, case: str) -> None:
+    reference = readback.history(str(runs / "hf-single" / "run"))
+    single = _ranks(runs, "hf-single")[0]
+    checks = sorted({r["step"] for r in reference})
+    assert single["stopped_at"] == max(checks) == 10 and single["alerts"] == [["near_upper", H.GEN, 10]]
+    ranks = _ranks(runs, case)
+    assert sorted(ranks) == [0, 1]
+    for rank, r in ranks.items():
+        # really sharded: FSDP2's DTensors, FSDP1's flat parameter, ZeRO-3's partitioned (empty) parameters
+        assert r["wrapped"] == {"hf-fsdp": "FSDPDriftModel", "hf-fsdp1": "FullyShardedDataParallel",
+                                "hf-zero3": "DeepSpeedEngine"}[case], r["wrapped"]
+        assert 0 < r["local"] < FULL_HF  # this rank's shards
+        # the model's own names; the same alert and stop step on every rank; rank 0 writes
+        assert r["names"] == [H.GEN] and r["checks"] == len(checks)
+        assert r["stopped_at"] == single["stopped_at"] and r["alerts"] == single["alerts"]
+        assert r["is_world_process_zero"] is (rank == 0) and r["history"] is (rank == 0)
+        # one collective at each check, none at any other optimizer step
+        assert r["per_step"] == [1 if s in checks else 0 for s in range(1, r["stopped_at"] + 1)], r["per_step"]
+    assert ranks[0]["local"] + ranks[1]["local"] >= FULL_HF  # together the whole model (and padding)
+    assert ranks[0]["last"] == ranks[1]["last"]
+    assert sorted((runs / case).rglob("scalewatch_history*.jsonl")) == [runs / case / "run" / HISTORY_FILENAME]
+    # values before the step's update (ZeRO-3 too: DeepSpeed steps inside accelerator.backward)
+    _same_lines(readback.history(str(runs / case / "run")), reference)
 
 
 @pytest.mark.slow
