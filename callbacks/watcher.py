@@ -504,7 +504,9 @@ class ScaleWatcher:
         # The check is columns from the transfer to the record: no object per value.
         self._attention_now = self._take_attention(step) if new_check and self.attention is not None else []
         self._scales_now = scales
-        scales = scales + self._attention_now  # read in the same one transfer
+        if self._attention_now:
+            scales = scales + self._attention_now  # read in the same one transfer (else the same list:
+            # its layout is found by identity, not by the ids of a thousand scales)
         if not scales:  # attention only, and no attention call seen yet: nothing to read
             self.last_columns = None
             return StepResult(read=True, stop=self.should_stop)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from itertools import repeat
-from operator import is_not
+from operator import attrgetter, is_not
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -13,6 +13,10 @@ from scalewatch.monitor.bounded_scale import BoundedScale
 from scalewatch.monitor.check_columns import CheckColumns, ScaleLayout
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.watched_scale import WatchedScale
+
+
+_GRAD = attrgetter("grad")
+_CLAMP_FRACTION = attrgetter("clamp_fraction")
 
 
 def _clamped_raw(s: WatchedScale) -> bool:
@@ -101,6 +105,7 @@ class _FastGather:
     def __init__(self, scales: Sequence[WatchedScale]) -> None:
         self.raws = [s.raw for s in scales]
         self.modules = [s.module for s in scales]
+        self.all_modules = all(m is not None for m in self.modules)  # library modules only: attrgetter in C
         self.counts = [r.numel() for r in self.raws]
         self.device = self.raws[0].device
         self.all_scalar = all(r.dim() == 0 for r in self.raws)
@@ -137,18 +142,27 @@ def _gather_fast(scales: Sequence[WatchedScale],
         recipe = layout.cache["fast_gather"] = _FastGather(scales) if _FastGather.eligible(scales) else False
     if recipe is False:
         return None
-    grads = [r.grad for r in recipe.raws]
-    fractions = [None if m is None else m.clamp_fraction for m in recipe.modules]
+    grads = list(map(_GRAD, recipe.raws))  # map with attrgetter: no Python frame per scale
+    fractions = list(map(_CLAMP_FRACTION, recipe.modules)) if recipe.all_modules else \
+        [None if m is None else m.clamp_fraction for m in recipe.modules]
     # which are there, in C (map with operator.is_not): no Python frame per scale
     has_grad, has_fraction = bytes(map(is_not, grads, repeat(None))), bytes(map(is_not, fractions, repeat(None)))
-    present_f = [f for f in fractions if f is not None] if any(has_fraction) else []
+    present_f = fractions if all(has_fraction) else [f for f in fractions if f is not None] if any(has_fraction) else []
     device = recipe.device
-    if not all(f.dim() == 0 and f.device == device for f in present_f):
-        return None  # a per-element fraction, or one computed on another device: the general gather
+    # A per-element fraction, or one computed on another device, goes the general way. All-scalar
+    # gathers need no look at each fraction: torch.stack itself refuses another shape or device.
+    if not recipe.all_scalar and not all(f.dim() == 0 and f.device == device for f in present_f):
+        return None
     present_g = grads if all(has_grad) else [g for g in grads if g is not None]
     parts = [*recipe.raws, *present_g, *present_f]
     with torch.no_grad():
-        joined = torch.stack(parts) if recipe.all_scalar else _flatten_dense_tensors(parts)
+        if recipe.all_scalar:
+            try:
+                joined = torch.stack(parts)
+            except RuntimeError:  # a fraction of another shape or on another device
+                return None
+        else:
+            joined = _flatten_dense_tensors(parts)
         host = joined.cpu().numpy()
     if host.dtype != np.float32:
         host = host.astype(np.float32)
