@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the MLflow tracking URI of runs:/RUN_ID runs (default: MLFLOW_TRACKING_URI)")
     reading.add_argument("--warn-fraction", type=_bounded(float, 0.0, "a number in (0, 1]", False, 1.0),
                          default=DEFAULT_WARN_FRACTION, metavar="W",
-                         help=f"for {TENSORBOARD}/{CSV} sources, which keep no alerts: recompute them with this "
-                              f"warn_fraction (default {DEFAULT_WARN_FRACTION})")
+                         help=f"for {TENSORBOARD}/{CSV}/{MLFLOW} metrics, which keep no alerts: recompute them with "
+                              f"this warn_fraction (default {DEFAULT_WARN_FRACTION})")
     reading.add_argument("--patience", type=_bounded(int, 1, "an integer >= 1"), default=DEFAULT_PATIENCE,
                          help=f"... and this pinned patience (default {DEFAULT_PATIENCE})")
 

@@ -186,8 +186,18 @@ def mlflow_source(ref: str, tracking_uri: Optional[str] = None, warn_fraction: f
     Its history artifact (``scalewatch/scalewatch_history.jsonl``) when it has one, read as a
     history file; otherwise its ``scalewatch/*`` metrics, read back through the key codec.
 
+    Args:
+        ref: the run.
+        tracking_uri: its tracking store (default: ``MLFLOW_TRACKING_URI``, else MLflow's default).
+        warn_fraction, patience: the rules that recompute the alerts of a metrics-only run.
+
     Raises:
         SourceError: no such run, a tracking URI that cannot be reached, no scalewatch readings.
+
+    Example::
+
+        src = mlflow_source("runs:/3f2a...", tracking_uri="sqlite:///mlflow.db")
+        records = list(src.records())
     """
     from scalewatch.dashboards import mlflow_source as ml
 
