@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -283,7 +284,10 @@ def mlflow_server(tmp_path_factory: Any) -> Iterator[str]:
            f"sqlite:///{root}/mlflow.db", "--artifacts-destination", f"{root}/art", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
+    # no job runner (its 7 consumer processes: GenAI jobs, nothing of tracking's), and a process group of
+    # its own, so that the server, its uvicorn and nothing else stop together at the end
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(root), env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -296,11 +300,12 @@ def mlflow_server(tmp_path_factory: Any) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started (mlflow server and its uvicorn)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         log.close()
 
 
