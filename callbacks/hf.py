@@ -9,26 +9,21 @@ checkpoint (the checkpoint's ``trainer_state.json``).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 INSTALL_HINT = ("scalewatch's ScaleMonitorCallback needs HF Transformers: pip install 'scalewatch[transformers]'. "
                 "Without it, use scalewatch.callbacks.ScaleWatcher in your own loop")
 
 try:
-    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK, TensorBoardCallback,
-                                                             WandbCallback)
     from transformers.trainer_callback import CallbackHandler, TrainerCallback
 except ImportError as err:  # pragma: no cover - exercised in a subprocess without transformers
     raise ImportError(INSTALL_HINT) from err
 
-from scalewatch.callbacks.logger_sinks import ScaleSink, TensorBoardSink, WandbSink
-from scalewatch.callbacks.tracker_sinks import with_tracker
+from scalewatch.callbacks.hf_integrations import calling_handler, integration_sinks, move_before_integrations
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
-from scalewatch.callbacks.watcher import ScaleWatcher, WatcherView
+from scalewatch.callbacks.watcher import CallWrapper, ScaleWatcher, StepResult, WatcherView
 from scalewatch.monitor.rules import DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION
 from scalewatch.monitor.saturation import Alert
 
@@ -39,10 +34,6 @@ log = logging.getLogger("scalewatch")
 #: where the watcher's position lives in ``TrainerState.stateful_callbacks`` (saved in every
 #: checkpoint's trainer_state.json); not a class name, so HF never tries to rebuild a callback from it
 STATE_KEY = "scalewatch"
-#: the W&B x-axis HF's WandbCallback defines for every metric
-HF_WANDB_STEP_METRIC = "train/global_step"
-#: every ``report_to`` integration's callback class
-INTEGRATIONS: Tuple[type, ...] = tuple(INTEGRATION_TO_CALLBACK.values())
 
 
 @document_settings
@@ -111,7 +102,7 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
         self.watcher: Optional[ScaleWatcher] = None
         self._handler: Optional[CallbackHandler] = None
         self._start_at: Optional[int] = None  # the step the record starts at, once the loggers exist
-        self._deepspeed_step: Optional[Tuple[Any, Callable[..., Any]]] = None  # (optimizer, its own step)
+        self._deepspeed_reader: Optional[CallWrapper] = None  # reading before DeepSpeed's optimizer steps
         self._stop = False  # an alert asked to stop: HF is told at the next on_pre_optimizer_step
 
     # ---- set-up -------------------------------------------------------------------------
@@ -131,6 +122,7 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
                                     first_step=1, door_every_n_steps=int(state.logging_steps or 0) or None)
         self._start_at = state.global_step + 1
         self._stop = False
+        self._unwrap_deepspeed_step()
         self._read_before_deepspeed_step(kwargs.get("optimizer"), state)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -138,7 +130,8 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
         # on_train_begin has made their TensorBoard writer / W&B run (see _find_place).
         if self._start_at is not None and self.watcher is not None:
             # abspath: the checkpointed history path must survive a cd
-            self.watcher.attach(log_dir=os.path.abspath(args.output_dir), loggers=self._sinks(args, state, control))
+            self.watcher.attach(log_dir=os.path.abspath(args.output_dir),
+                                loggers=integration_sinks(self._handler, args, state, control))
             # a checkpoint this callback wrote into (trainer_state.json) is continued when resuming
             self.watcher.begin(self._start_at, state.stateful_callbacks.get(STATE_KEY))
             self._start_at = None
@@ -148,44 +141,32 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                               **kwargs: Any) -> None:
         # HF calls this once per optimizer step, after accumulation, unscaling and clipping.
-        if self._deepspeed_step is None:
-            self._read(state, optimizer)
+        if self._deepspeed_reader is None and self.watcher is not None:
+            # A GradScaler (fp16) skips its overflow steps: non-finite gradients there are by design.
+            self._took(state, self.watcher.step(state.global_step + 1,
+                                                grad_must_be_finite=getattr(optimizer, "scaler", None) is None))
         if self._stop:
             control.should_training_stop = True
 
-    def _read(self, state: Any, optimizer: Any) -> None:
-        watcher = self.watcher
-        if watcher is None:
-            return
-        # A GradScaler (fp16) skips its overflow steps: non-finite gradients there are by design.
-        result = watcher.step(state.global_step + 1, grad_must_be_finite=getattr(optimizer, "scaler", None) is None)
-        if not result.read:
-            return
-        # Saved with trainer_state.json by every checkpoint from here on.
-        state.stateful_callbacks[STATE_KEY] = watcher.state_dict()
-        self._stop = self._stop or result.stop
+    def _took(self, state: Any, result: StepResult) -> None:
+        if result.read:  # saved with trainer_state.json by every checkpoint from here on
+            state.stateful_callbacks[STATE_KEY] = self.watcher.state_dict()
+            self._stop = self._stop or result.stop
 
     def _read_before_deepspeed_step(self, optimizer: Any, state: Any) -> None:
         # Under DeepSpeed accelerate runs engine.step() inside accelerator.backward, before
         # on_pre_optimizer_step: read as the engine's optimizer steps (every rank), not one update late.
         # The gradient is then the accumulated, reduced one, before DeepSpeed's own clipping.
-        self._unwrap_deepspeed_step()
         inner = getattr(optimizer, "optimizer", None)
-        if type(optimizer).__name__ != "DeepSpeedOptimizerWrapper" or inner is None:
-            return
-        self._deepspeed_step = (inner, inner.step)
-
-        def read_then_step(*args: Any, **kwargs: Any) -> Any:
-            self._read(state, optimizer)
-            return self._deepspeed_step[1](*args, **kwargs)  # type: ignore[index]
-
-        inner.step = read_then_step
+        if type(optimizer).__name__ == "DeepSpeedOptimizerWrapper" and inner is not None:
+            self._deepspeed_reader = self.watcher.read_before_call(
+                inner, lambda: state.global_step + 1, lambda result: self._took(state, result),
+                grad_must_be_finite=getattr(optimizer, "scaler", None) is None)
 
     def _unwrap_deepspeed_step(self) -> None:
-        if self._deepspeed_step is not None:
-            inner, step = self._deepspeed_step
-            inner.step = step
-            self._deepspeed_step = None
+        if self._deepspeed_reader is not None:
+            self._deepspeed_reader.remove()
+            self._deepspeed_reader = None
 
     # ---- the end ------------------------------------------------------------------------
 
@@ -198,81 +179,11 @@ class ScaleMonitorCallback(WatcherView, TrainerCallback):
     # ---- the Trainer's other callbacks --------------------------------------------------
 
     def _find_place(self) -> None:
-        """Find the Trainer's callback list and take a place before the ``report_to`` integrations.
-
-        HF hands a callback no reference to the Trainer or its other callbacks, and
-        runs the integrations first: TensorBoardCallback's ``on_train_end`` closes the
-        writer before a later callback's ``on_train_end`` could send the final plot
-        through it. So this callback finds the :class:`CallbackHandler` that is calling
-        it and moves itself before the first integration. Its values do not ride on
-        HF's ``logs`` dict (whose keys the integrations rewrite to ``train/...``); it
-        writes through the integrations' own writer and run with the engine's keys,
-        so no second writer opens in HF's TensorBoard directory.
-        """
-        handler = _calling_handler(self)
-        if handler is None:
-            return
-        self._handler = handler
-        callbacks = handler.callbacks
-        me = next(i for i, cb in enumerate(callbacks) if cb is self)
-        first = next((i for i, cb in enumerate(callbacks[:me]) if isinstance(cb, INTEGRATIONS)), None)
-        if first is not None:
-            # The handler is iterating this list right now, at index `me`: moving this
-            # element to an earlier index leaves the callbacks after it at their indices,
-            # so none of them is skipped or called twice.
-            callbacks.insert(first, callbacks.pop(me))
-
-    def _sinks(self, args: Any, state: Any, control: Any) -> List[ScaleSink]:
-        """The ``report_to`` integrations as the engine's sinks (rank zero, after their set-up)."""
-        sinks: List[ScaleSink] = []
-        for cb in self._handler.callbacks if self._handler is not None else ():
-            if isinstance(cb, TensorBoardCallback):
-                if cb.tb_writer is not None:
-                    sinks.append(TensorBoardSink(cb.tb_writer))
-            elif isinstance(cb, WandbCallback):
-                run = getattr(getattr(cb, "_wandb", None), "run", None)
-                if run is not None:
-                    sinks.append(WandbSink(run, step_metric=HF_WANDB_STEP_METRIC))
-            elif type(cb).__name__ == "MLflowCallback":  # its run: metrics, alert tags, history and plot artifacts
-                from scalewatch.callbacks.mlflow_sink import active_run_sink
-
-                sink = active_run_sink(os.path.abspath(args.output_dir))
-                sinks.append(sink if sink is not None else IntegrationSink(cb, args, state, control))
-            elif isinstance(cb, INTEGRATIONS):
-                sinks.append(with_tracker(cb, IntegrationSink(cb, args, state, control), args.output_dir))
-        return sinks
+        # HF hands a callback no reference to the Trainer: find the handler calling it (see hf_integrations).
+        handler = calling_handler(self)
+        if handler is not None:
+            self._handler = handler
+            move_before_integrations(handler, self)
 
     def __repr__(self) -> str:
         return f"ScaleMonitorCallback(every_n_steps={self.settings.every_n_steps}, watcher={self.watcher!r})"
-
-
-class IntegrationSink(ScaleSink):
-    """Any other ``report_to`` integration (MLflow, Comet, ...): values through its ``on_log``.
-
-    That is how ``Trainer.log`` hands an integration its metrics, with the state's
-    ``global_step`` set to the reading's step.
-    """
-
-    def __init__(self, callback: TrainerCallback, args: Any, state: Any, control: Any) -> None:
-        self.callback, self.args, self.state, self.control = callback, args, state, control
-
-    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
-        at_step = copy.copy(self.state)
-        at_step.global_step = step
-        try:
-            self.callback.on_log(self.args, at_step, self.control, logs=dict(metrics))
-        except Exception as err:  # a logger must never end training
-            log.warning("scalewatch could not log to %s: %s", type(self.callback).__name__, err)
-
-
-def _calling_handler(callback: TrainerCallback) -> Optional[CallbackHandler]:
-    """The :class:`CallbackHandler` whose ``call_event`` is calling a hook of ``callback`` now."""
-    frame = sys._getframe(1)
-    for _ in range(6):  # this function <- the hook <- call_event (<- a subclass's super() call)
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
-            return owner
-        frame = frame.f_back
-    return None

@@ -63,6 +63,31 @@ class StepResult(List[Alert]):
 
 
 
+class CallWrapper:
+    """``owner.<method>`` wrapped to call ``before()`` first (an instance attribute shadowing the
+    class's method); :meth:`remove` restores it."""
+
+    def __init__(self, owner: Any, method: str, before: Callable[[], None]) -> None:
+        self.owner, self.method = owner, method
+        self._shadowed = vars(owner).get(method)  # an instance attribute of its own, if any
+        own = getattr(owner, method)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            before()
+            return own(*args, **kwargs)
+
+        setattr(owner, method, wrapped)
+
+    def remove(self) -> None:
+        if self.owner is None:
+            return
+        if self._shadowed is None:
+            vars(self.owner).pop(self.method, None)  # the class's method is the owner's again
+        else:
+            setattr(self.owner, self.method, self._shadowed)
+        self.owner = None
+
+
 class WatcherView:
     """What a front door shows of its engine, under the same names on every door.
 
@@ -350,6 +375,23 @@ class ScaleWatcher:
 
         self._scales_of(optimizer, with_unowned=False)  # known from the start: its scales are not "unowned"
         return optimizer.register_step_pre_hook(before_step)
+
+    def read_before_call(self, owner: Any, step_number: Callable[[], int],
+                         on_result: Optional[Callable[[StepResult], None]] = None,
+                         grad_must_be_finite: Optional[bool] = None, method: str = "step") -> "CallWrapper":
+        """Read every scale just before ``owner.<method>()`` runs, where there is no step pre-hook.
+
+        For an optimizer that is no ``torch.optim.Optimizer`` (DeepSpeed's ZeRO optimizers)
+        or a step taken where no trainer hook runs. It calls :meth:`step` with
+        ``step_number()`` and hands the result to ``on_result``. Returns a handle whose
+        ``remove()`` gives ``owner`` its own method back.
+        """
+        def before_call() -> None:
+            result = self.step(step_number(), grad_must_be_finite=grad_must_be_finite)
+            if on_result is not None and result.read:
+                on_result(result)
+
+        return CallWrapper(owner, method, before_call)
 
     # ---- life cycle ---------------------------------------------------------------------
 

@@ -287,6 +287,46 @@ def test_the_pre_step_reader_reads_just_before_the_optimizer_steps(tmp_path: Any
     assert raws_before[1] != raws_before[2]  # and the optimizer stepped after the reading
 
 
+class _StepsWithoutHooks:
+    """An optimizer that is no torch.optim.Optimizer (as DeepSpeed's ZeRO optimizers): SGD by hand, no step pre-hooks."""
+
+    def __init__(self, params: List[torch.nn.Parameter], lr: float) -> None:
+        self.params, self.lr, self.steps = params, lr, 0
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for p in self.params:
+                p -= self.lr * p.grad
+        self.steps += 1
+
+
+def test_the_call_reader_reads_before_a_step_that_has_no_pre_hook_and_gives_it_back(tmp_path: Any) -> None:
+    from scalewatch.monitor import AttentionBiasGenerator
+
+    gen = AttentionBiasGenerator(bias_scale=2.5)
+    opt = _StepsWithoutHooks(list(gen.parameters()), lr=0.01)
+    assert not hasattr(opt, "register_step_pre_hook")
+    watcher = ScaleWatcher(gen, log_dir=tmp_path, every_n_steps=2, plot=False)
+    results: List[StepResult] = []
+    state = {"step": 0}
+    handle = watcher.read_before_call(opt, lambda: state["step"], on_result=results.append)
+    raws_before: List[float] = []
+    with watcher:
+        for step in range(4):
+            state["step"] = step
+            gen.bias_scale.grad = None
+            gen(torch.ones(3, 3)).sum().backward()
+            raws_before.append(float(gen.bias_scale.detach()))
+            opt.step()
+    handle.remove()
+    assert "step" not in vars(opt) and opt.steps == 4  # its own method again, and every step was taken
+    lines = list(iter_history(watcher.history_path))
+    assert [r["step"] for r in lines] == [1, 3] and [r.read for r in results] == [True, True]
+    assert [r["raw"] for r in lines] == pytest.approx([raws_before[1], raws_before[3]])  # before the update
+    opt.step()
+    assert opt.steps == 5 and watcher.checks == 2  # removed: no reading any more
+
+
 # ---- the columnar check path writes what the per-reading path writes -------------------------
 
 
