@@ -17,13 +17,15 @@ of this process on a CPU, wall time on a GPU); a ``W`` block's ratio is over the
 ``B`` blocks on either side; min / median / max over rounds, a bootstrap 95% interval of the median.
 
 The check step's extra cost is taken apart directly, outside the loop, over repeated interleaved
-measurements of the same batch: a training forward with the interception armed (the statistics
-computed in it) less the same forward disarmed, plus the engine's check (collecting and reading
-the statistics, the history lines). It is given as a multiple of one attention forward (the
+measurements of the same batch: a training forward with the interception armed (the calls'
+inputs kept) less the same forward disarmed, plus the engine's check (the statistics computed in
+one batched pass, read, the history lines); on a CPU in this thread's CPU time (one torch thread),
+so that other processes on the machine do not count. It is given as a multiple of one attention forward (the
 time of the forward's ``scaled_dot_product_attention`` calls, the work the statistics look at)
 and of the model's whole forward. Extra memory on a check step: the peak of the bytes the
-statistics' own tensor operations hold at once (chunks and per-head sums: an op log of the
-allocations they return, their kernels' scratch aside); on a GPU also ``max_memory_allocated``
+statistics' own tensor operations hold at once over the armed forward and the check (the batched
+logits and per-head sums: an op log of the allocations they return, their kernels' scratch aside;
+the kept inputs are the tensors autograd holds for the backward anyway); on a GPU also ``max_memory_allocated``
 of an armed forward less a disarmed one.
 """
 from __future__ import annotations
@@ -145,14 +147,21 @@ class _StatisticsBytes(TorchDispatchMode):
         return out
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """Wall time on a GPU; on a CPU this thread's CPU time (one torch thread: the work itself, not the
+    other processes sharing the machine)."""
+    return time.perf_counter if device.type == "cuda" else time.thread_time
+
+
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    clock = _clock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps: int) -> Dict[str, Any]:
@@ -164,12 +173,14 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
     sdpa = F.scaled_dot_product_attention
     in_sdpa = [0.0]
 
+    clock = _clock(device)
+
     def timed_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
-        t0 = time.perf_counter()
+        t0 = clock()
         out = sdpa(*args, **kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        in_sdpa[0] += time.perf_counter() - t0
+        in_sdpa[0] += clock() - t0
         return out
 
     plain, armed, attention, check = [], [], [], []
@@ -199,9 +210,10 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
     extra = extra_fwd + statistics.median(check)
     memory = _StatisticsBytes()
     watch.arm(True)
-    with memory:
+    with memory:  # the armed forward (the calls' inputs kept) and the check's batched pass over them
         loss_of()
-    watch.arm(False)
+        watch.arm(False)
+        watch.collect()
     cuda_extra = None
     if device.type == "cuda":
         peaks = []

@@ -11,8 +11,15 @@ only, as it turns on the clamp-fraction statistic), and only then:
   the watch has modules whose softmax is their attention: the opt-in ``softmax`` patterns for
   attention written by hand, and ``nn.MultiheadAttention`` called with ``need_weights=True``
   (which computes its softmax by hand);
-- a global forward pre-hook and forward hook keep the stack of modules whose forward is
-  running, so each call is attributed to the innermost module of the watched model that made it.
+- each call is attributed to the innermost module of the watched model whose code is running
+  (the nearest frame of the Python stack whose ``self`` is one of its modules): no hook on
+  any module for that. A forward pre-hook goes only on attention-like modules whose calls
+  have not been seen yet (and on the model and its children until a first call is seen), to
+  say what scalewatch could not see; a model whose attention has been seen gets none.
+
+SDPA calls are not computed one by one: their inputs are kept (the tensors autograd keeps for
+the backward anyway) up to the memory budget, and computed at the check (or when the budget
+is full) together, one batched pass per shape, a handful of tensor operations for all of them.
 
 Off check steps none of this is installed: no wrapper, no hook, no mode, no tensor op.
 Calls from validation or inference (grad disabled and the module in eval mode) are left out.
@@ -22,18 +29,22 @@ softmax not opted in) is named once in a warning, with the reason, instead of an
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import re
+import sys
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+import zlib
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalewatch.monitor.attention_options import AttentionOptions
-from scalewatch.monitor.attention_stats import (ENTROPY, MAX_LOGIT, SATURATED, STATISTICS, HeadStatistics, computing,
-                                                logit_statistics, sdpa_statistics)
+from scalewatch.monitor.attention_stats import (ENTROPY, MAX_LOGIT, SATURATED, STATISTICS, HeadStatistics, as_sums,
+                                                computing, logit_statistics, sdpa_statistics, stacked_bytes,
+                                                stacked_sdpa_sums, sums_values)
 from scalewatch.monitor.name_patterns import match_names
 from scalewatch.monitor.watched_scale import WatchedScale
 
@@ -48,6 +59,11 @@ LEADING_WRAPPER_SEGMENTS = ("module",) + WRAPPER_SEGMENTS
 #: class names that look like attention, for the warning about attention scalewatch did not see
 _ATTENTION_LIKE = re.compile(r"(attention|attn)$|selfattention|crossattention|multihead", re.IGNORECASE)
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _world() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
 def own_name(path: str, root: nn.Module) -> str:
@@ -98,14 +114,12 @@ def _stat(name: str, statistic: str, values: Tensor, threshold: Optional[float])
 
 
 class _Interceptor:
-    """Installs the wrappers and hooks while at least one watch is armed, and routes calls to the watches."""
+    """Installs the wrappers while at least one watch is armed, and routes calls to the watches."""
 
     def __init__(self) -> None:
         self.watches: List["AttentionWatch"] = []
-        self.stack: List[nn.Module] = []
         self._sdpa: Optional[Callable[..., Tensor]] = None
         self._softmax: Optional[Dict[str, Any]] = None
-        self._hooks: List[Any] = []
 
     # -- install / remove
 
@@ -116,9 +130,6 @@ class _Interceptor:
         if self._sdpa is None:
             self._sdpa = F.scaled_dot_product_attention
             F.scaled_dot_product_attention = _wrap_sdpa(self._sdpa)
-            self.stack = []
-            self._hooks = [nn.modules.module.register_module_forward_pre_hook(self._enter),
-                           nn.modules.module.register_module_forward_hook(self._leave, always_call=True)]
         if watch.wants_softmax and self._softmax is None:
             self._install_softmax()
 
@@ -128,13 +139,9 @@ class _Interceptor:
         if self._softmax is not None and not any(w.wants_softmax for w in self.watches):
             self._remove_softmax()
         if not self.watches and self._sdpa is not None:
-            for hook in self._hooks:
-                hook.remove()
-            self._hooks = []
             if getattr(F.scaled_dot_product_attention, "_scalewatch_original", None) is self._sdpa:
                 F.scaled_dot_product_attention = self._sdpa
             self._sdpa = None
-            self.stack = []
 
     def _install_softmax(self) -> None:
         self._softmax = {"F": F.softmax, "torch": torch.softmax, "Tensor": torch.Tensor.__dict__.get("softmax")}
@@ -152,45 +159,51 @@ class _Interceptor:
         else:
             torch.Tensor.softmax = saved["Tensor"]
 
-    # -- the module stack
-
-    def _enter(self, module: nn.Module, _inputs: Any) -> None:
-        if _compiling():  # traced by torch.compile: nothing of this goes into a graph
-            return
-        self.stack.append(module)
-        for w in self.watches:
-            w.seen(module)
-
-    def _leave(self, module: nn.Module, _inputs: Any, _output: Any) -> None:
-        if _compiling():
-            return
-        stack = self.stack
-        while stack:
-            if stack.pop() is module:
-                break
-
     # -- calls
 
-    def sdpa(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    def sdpa(self, caller: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         for w in list(self.watches):
-            w.on_sdpa(self.stack, args, kwargs)
+            w.on_sdpa(caller, args, kwargs)
 
-    def softmax(self, x: Any, dim: Any) -> None:
+    def softmax(self, caller: Any, x: Any, dim: Any) -> None:
         if isinstance(x, Tensor):
             for w in list(self.watches):
                 if w.wants_softmax:
-                    w.on_softmax(self.stack, x, dim)
+                    w.on_softmax(caller, x, dim)
 
 
 _INTERCEPTOR = _Interceptor()
 _compiling = torch.compiler.is_compiling
+#: code object -> whether its frames' ``self`` is a module (False: a function, or a method of something else)
+_MODULE_CODE: Dict[Any, bool] = {}
+
+
+def _running_modules(frame: Any) -> Iterator[nn.Module]:
+    """The modules whose code is running at ``frame`` and above, innermost first: each frame's ``self`` module.
+
+    Takes the place of a hook on every module: a call is attributed by walking the frames above
+    it (its module's ``forward`` is usually the first; a helper function such as HF's
+    ``sdpa_attention_forward(module, ...)`` is passed by on its way there). Whether a code
+    object's ``self`` is a module is learnt once, so other frames cost a dictionary look-up.
+    """
+    while frame is not None:
+        code = frame.f_code
+        known = _MODULE_CODE.get(code)
+        if known is not False:
+            obj = frame.f_locals.get("self") if code.co_argcount and code.co_varnames[0] == "self" else None
+            is_module = isinstance(obj, nn.Module)
+            if known is None:
+                _MODULE_CODE[code] = is_module
+            if is_module:
+                yield obj
+        frame = frame.f_back
 
 
 def _wrap_sdpa(original: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Tensor:
         out = original(*args, **kwargs)  # first: invalid arguments fail as SDPA fails
         if _INTERCEPTOR.watches and not _compiling():
-            _INTERCEPTOR.sdpa(args, kwargs)
+            _INTERCEPTOR.sdpa(sys._getframe(1), args, kwargs)
         return out
 
     scaled_dot_product_attention.__doc__ = original.__doc__
@@ -202,11 +215,36 @@ def _wrap_softmax(original: Callable[..., Tensor], dim_name: str) -> Callable[..
     def softmax(x: Any, *args: Any, **kwargs: Any) -> Tensor:
         out = original(x, *args, **kwargs)
         if _INTERCEPTOR.watches and not _compiling():
-            _INTERCEPTOR.softmax(x, args[0] if args else kwargs.get(dim_name))
+            _INTERCEPTOR.softmax(sys._getframe(1), x, args[0] if args else kwargs.get(dim_name))
         return out
 
     softmax.__doc__ = original.__doc__
     return softmax
+
+
+class _Call(NamedTuple):
+    """An SDPA call kept for the batched computation: its inputs and what groups it with others."""
+
+    key: Tuple[str, int]
+    module: int
+    query: Tensor
+    key_: Tensor
+    mask: Optional[Tensor]
+    versions: Tuple[int, ...]
+    signature: Tuple[Any, ...]
+    is_causal: bool
+    scale: Optional[float]
+    gqa: bool
+
+
+def _versions(*tensors: Optional[Tensor]) -> Tuple[int, ...]:
+    return tuple(t._version for t in tensors if t is not None)
+
+
+def _defer(q: Tensor, k: Tensor, mask: Any) -> bool:
+    """Whether a call's inputs can wait for the batched pass: (N, H, L, E) tensors with a version counter."""
+    return (q.dim() == 4 and k.dim() == 4 and (mask is None or isinstance(mask, Tensor))
+            and not (q.is_inference() or k.is_inference() or (mask is not None and mask.is_inference())))
 
 
 # ---- one watcher's attention -------------------------------------------------------------------
@@ -233,11 +271,18 @@ class AttentionWatch:
         self.wants_softmax = bool(options.softmax) or any(isinstance(m, nn.MultiheadAttention)
                                                           for m in model.modules())
         self.armed = False
-        # this check's sums: (module path, heads) -> statistics
-        self._sums: Dict[Tuple[str, int], HeadStatistics] = {}
+        # this check's calls: kept SDPA inputs, and per-call sums ([C, 4, heads], a key per row)
+        self._pending: List[_Call] = []
+        self._pending_bytes = 0
+        self._results: List[Tuple[Tensor, List[Tuple[str, int]]]] = []
         self._seen: Set[int] = set()
         self._captured: Set[int] = set()
         self._failed: Dict[str, str] = {}
+        # what the diagnosis still watches for: attention-like modules whose calls were not seen yet
+        self._attention_like: Dict[int, nn.Module] = {}
+        self._presence: List[nn.Module] = []  # the model's children: did any of it run?
+        self._hooks: List[Any] = []
+        self._presence_hooked = False
         #: every statistic known so far, in the order first seen: (path, heads) -> its three readings' handles
         self.stats: Dict[Tuple[str, int], List[AttentionStat]] = {}
         self._names: Dict[Tuple[str, int], str] = {}
@@ -272,10 +317,14 @@ class AttentionWatch:
                     paths[id(m)] = path
                     if wanted is not None and path not in wanted:
                         self._excluded.add(id(m))
+                    elif _ATTENTION_LIKE.search(type(m).__name__):
+                        self._attention_like[id(m)] = m
                     if isinstance(m, nn.MultiheadAttention):
                         self._mha.add(id(m))
                     if path in softmax:
                         self._softmax_modules.add(id(m))
+                # its children, not itself: a compiled model's own hooks run outside its graph
+                self._presence = list(model.children()) or [model]
             self._paths = paths
         return self._paths
 
@@ -289,15 +338,32 @@ class AttentionWatch:
         if on:
             self._module_paths()
             _INTERCEPTOR.add(self)
+            self._hook_diagnosis()
         else:
             _INTERCEPTOR.remove(self)
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
+
+    def _hook_diagnosis(self) -> None:
+        """Pre-hooks only where the diagnosis still needs them (none once every attention module was seen)."""
+        watch = list(self._attention_like.values())
+        self._presence_hooked = not self.stats and not self._results and not self._pending and not (
+            {"none", "no-forward"} & self._warned)
+        if self._presence_hooked:
+            watch += [m for m in self._presence if id(m) not in self._attention_like]
+        self._hooks = [m.register_forward_pre_hook(self._seen_hook) for m in watch]
+
+    def _seen_hook(self, module: nn.Module, _inputs: Any) -> None:
+        if not _compiling():  # traced by torch.compile: nothing of this goes into a graph
+            self._seen.add(id(module))
 
     def seen(self, module: nn.Module) -> None:
         self._seen.add(id(module))
 
-    def _owner(self, stack: List[nn.Module]) -> Optional[Tuple[nn.Module, str]]:
+    def _owner(self, caller: Any) -> Optional[Tuple[nn.Module, str]]:
         paths = self._paths or {}
-        for module in reversed(stack):
+        for module in _running_modules(caller):
             path = paths.get(id(module))
             if path is not None:
                 return module, path
@@ -307,54 +373,129 @@ class AttentionWatch:
         # validation and inference forwards (no grad, eval mode) are not the check step's training
         return id(module) not in self._excluded and (torch.is_grad_enabled() or module.training)
 
-    def _add(self, module: nn.Module, path: str, compute: Callable[[], HeadStatistics]) -> None:
+    def _captured_by(self, module: nn.Module) -> None:
         self._captured.add(id(module))
+        self._attention_like.pop(id(module), None)  # seen: no more hook on it
+
+    def _add(self, module: int, path: str, compute: Callable[[], HeadStatistics]) -> None:
+        """Compute a call's statistics now (a softmax, or an SDPA call the batched pass does not take)."""
         if path in self._failed:
             return
         try:
             stats = compute()
         except Exception as err:  # statistics must never break training
-            self._failed[path] = f"{type(err).__name__}: {err}"
-            self._warn_once(f"failed:{path}", f"scalewatch attention statistics of {path} could not be computed "
-                                              f"({self._failed[path]}); it is left out of this run's record")
+            self._fail(path, err)
             return
-        key = (path, stats.heads)
         with computing():
-            total = self._sums.get(key)
-            if total is None:
-                self._sums[key] = stats
-            else:
-                total.add_(stats)
+            self._results.append((as_sums(stats), [(path, stats.heads)]))
 
-    def on_sdpa(self, stack: List[nn.Module], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        owner = self._owner(stack)
+    def _fail(self, path: str, err: Exception) -> None:
+        self._failed[path] = f"{type(err).__name__}: {err}"
+        self._warn_once(f"failed:{path}", f"scalewatch attention statistics of {path} could not be computed "
+                                          f"({self._failed[path]}); it is left out of this run's record")
+
+    def on_sdpa(self, caller: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        """An SDPA call made at frame ``caller``: kept for the batched pass (or computed now)."""
+        owner = self._owner(caller)
         if owner is None or not self._counts(owner[0]):
             return
+        module, path = owner
+        self._captured_by(module)
+        if path in self._failed:
+            return
         bound = dict(zip(_SDPA_ARGS, args), **kwargs)
+        q, k, mask = bound["query"], bound["key"], bound.get("attn_mask")
+        is_causal, scale = bool(bound.get("is_causal", False)), bound.get("scale")
+        gqa = bool(bound.get("enable_gqa", False))
         opts = self.options
-        self._add(owner[0], owner[1], lambda: sdpa_statistics(
-            bound["query"], bound["key"], bound.get("attn_mask"), bool(bound.get("is_causal", False)),
-            bound.get("scale"), bool(bound.get("enable_gqa", False)), max_samples=opts.samples,
-            memory_bytes=opts.memory_bytes))
+        if isinstance(q, Tensor) and isinstance(k, Tensor) and _defer(q, k, mask):
+            n = opts.samples
+            if n is not None:
+                q, k = q[:n], k[:n]
+                if mask is not None and mask.dim() >= 3 and mask.shape[0] > 1:
+                    mask = mask[:n]
+            size = stacked_bytes(q, k)
+            if size <= opts.memory_bytes:  # else: chunked on its own, now
+                if self._pending_bytes + size > opts.memory_bytes:
+                    self._flush()
+                signature = (tuple(q.shape), tuple(k.shape), q.dtype, k.dtype, q.device, is_causal, scale, gqa,
+                             None if mask is None else (tuple(mask.shape), mask.dtype))
+                with computing():  # (detach: no autograd graph kept alive to the check)
+                    self._pending.append(_Call((path, q.shape[-3]), id(module), q.detach(), k.detach(),
+                                               None if mask is None else mask.detach(), _versions(q, k, mask),
+                                               signature, is_causal, scale, gqa))
+                self._pending_bytes += size
+                return
+        self._add(id(module), path, lambda: sdpa_statistics(
+            q, k, mask, is_causal, scale, gqa, max_samples=opts.samples, memory_bytes=opts.memory_bytes))
 
-    def on_softmax(self, stack: List[nn.Module], x: Tensor, dim: Any) -> None:
-        owner = self._owner(stack)
+    def _flush(self) -> None:
+        """The kept SDPA calls' statistics: one batched pass per signature (shapes, mask, causal, scale)."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        groups: Dict[Tuple[Any, ...], List[_Call]] = {}
+        for call in pending:
+            if _versions(call.query, call.key_, call.mask) != call.versions:
+                self._warn_once(f"modified:{call.key[0]}", f"scalewatch attention statistics: the inputs of "
+                                f"{call.key[0]}'s scaled_dot_product_attention call were modified in place after "
+                                "the call; that call is left out of the record")
+                continue
+            groups.setdefault(call.signature, []).append(call)
+        for calls in groups.values():
+            first = calls[0]
+            try:
+                sums = stacked_sdpa_sums([c.query for c in calls], [c.key_ for c in calls],
+                                         None if first.mask is None else [c.mask for c in calls],
+                                         first.is_causal, first.scale, first.gqa)
+            except Exception:  # one by one: the failing module is named, the others recorded
+                for c in calls:
+                    self._add(c.module, c.key[0], lambda c=c: sdpa_statistics(
+                        c.query, c.key_, c.mask, c.is_causal, c.scale, c.gqa, memory_bytes=self.options.memory_bytes))
+                continue
+            self._results.append((sums, [c.key for c in calls]))
+
+    def on_softmax(self, caller: Any, x: Tensor, dim: Any) -> None:
+        """A softmax called at frame ``caller``: attention when its module's softmax is (MHA with weights, opted in)."""
+        owner = self._owner(caller)
         if owner is None:
             return
         module, path = owner
         is_mha = id(module) in self._mha
         if not (is_mha or id(module) in self._softmax_modules) or not self._counts(module):
             return
+        self._captured_by(module)
         if dim not in (-1, x.dim() - 1):
             self._warn_once(f"dim:{path}", f"scalewatch attention statistics: {path} takes a softmax over dim {dim}, "
                                            "not the last one; only softmax(logits, dim=-1) is read as attention")
             return
         heads = module.num_heads if is_mha else None
         opts = self.options
-        self._add(module, path, lambda: logit_statistics(x, heads, max_samples=opts.samples,
-                                                         memory_bytes=opts.memory_bytes))
+        self._add(id(module), path, lambda: logit_statistics(x, heads, max_samples=opts.samples,
+                                                             memory_bytes=opts.memory_bytes))
 
     # -- the check
+
+    def _sums(self) -> Dict[Tuple[str, int], Tensor]:
+        """This check's sums per (module path, heads): ``[4, heads]`` views, computed all at once per head count."""
+        self._flush()
+        by_heads: Dict[int, Tuple[List[Tensor], List[Tuple[str, int]]]] = {}
+        for sums, keys in self._results:
+            parts, order = by_heads.setdefault(sums.shape[-1], ([], []))
+            parts.append(sums)
+            order.extend(keys)
+        out: Dict[Tuple[str, int], Tensor] = {}
+        for parts, keys in by_heads.values():
+            joined = torch.cat(parts) if len(parts) > 1 else parts[0]
+            unique = list(dict.fromkeys(keys))
+            if len(unique) < len(keys):  # a module called more than once (micro-batches): fold its calls
+                at = {key: i for i, key in enumerate(unique)}
+                index = torch.tensor([at[key] for key in keys], device=joined.device)
+                folded = joined.new_zeros((len(unique),) + tuple(joined.shape[1:]))
+                top = joined[:, 0]
+                folded[:, 0].scatter_reduce_(0, index.unsqueeze(-1).expand_as(top), top, "amax")  # >= 0: from 0
+                folded[:, 1:].index_add_(0, index, joined[:, 1:])
+                joined = folded
+            out.update(zip(unique, joined.unbind(0)))
+        return out
 
     def collect(self, forwards_watched: bool = True) -> Tuple[List[AttentionStat], bool]:
         """This check's statistics as readable handles, and whether any is new (a name not seen before).
@@ -367,28 +508,101 @@ class AttentionWatch:
         out: List[AttentionStat] = []
         added = False
         with computing():
-            for key, sums in self._sums.items():
-                handles = self.stats.get(key)
-                if handles is None:
-                    name = self._name_for(key)
-                    values = sums.values()
-                    handles = self.stats[key] = [_stat(name, s, v, threshold) for s, v in zip(STATISTICS, values)]
-                    for h in handles:
-                        self.statistic_of[h.name] = h.statistic
-                    added = True
-                else:
-                    for h, v in zip(handles, sums.values()):
-                        h.raw = v
-                out.extend(handles)
+            sums = self._sums()
+            if _world() > 1:  # every rank's batch: the global batch's statistics, the same on every rank
+                sums = self._over_ranks(sums)
+            keys = [k for k in self.stats if k in sums] + [k for k in sums if k not in self.stats]
+            if keys:
+                values = sums_values(torch.stack([sums[k] for k in keys]))  # [modules, 3, heads] at once
+                for key, v in zip(keys, values.unbind(0)):
+                    handles = self.stats.get(key)
+                    stat_values = v.unbind(0)
+                    if handles is None:
+                        name = self._name_for(key)
+                        handles = self.stats[key] = [_stat(name, s, t, threshold)
+                                                     for s, t in zip(STATISTICS, stat_values)]
+                        for h in handles:
+                            self.statistic_of[h.name] = h.statistic
+                        added = True
+                    else:
+                        for h, t in zip(handles, stat_values):
+                            h.raw = t
+                    out.extend(handles)
+        had = bool(self._results)
         if forwards_watched:
-            self._diagnose()
+            self._diagnose(had)
         elif not out:
             log.info("scalewatch attention statistics: the forwards of this first check step ran before the watcher "
                      "started (call watcher.start() before the loop to watch them); they begin at the next check")
-        self._sums = {}
+        self._results = []
         self._seen = set()
         self._captured = set()
         return out, added
+
+    def _over_ranks(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:
+        """The sums of every rank's calls: max_logit the largest over the ranks, the other rows summed.
+
+        One ``all_reduce`` (SUM, float64) at the check: each rank writes its ``[4, heads]`` sums
+        per module into its own row of a ``[ranks, n]`` buffer (zeros elsewhere), so that the sum
+        brings every rank's sums to every rank exactly (a value plus zeros) and the maximum
+        is taken locally: no second collective for the maximum. Entropy and saturated share
+        are then the row-weighted means over the global batch. A header (rank count, a
+        fingerprint of the modules) says when the ranks saw different attention modules.
+
+        Raises:
+            RuntimeError: when the ranks did not see the same attention modules at this check,
+                or a rank did not come within the collective timeout.
+        """
+        import torch.distributed as dist
+
+        from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, collective_timeout
+
+        keys = list(dict.fromkeys([*self.stats, *sums]))  # the same order on every rank
+        if not keys:
+            return sums
+        device = next(iter(sums.values())).device if sums else torch.device("cpu")
+        if str(dist.get_backend()) == "gloo":
+            device = torch.device("cpu")
+        parts = [(sums[k] if k in sums else torch.zeros(4, k[1], device=device)).to(device, torch.float64).reshape(-1)
+                 for k in keys]
+        n = sum(p.numel() for p in parts)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        fp = float(zlib.crc32("\n".join(f"{path}:{heads}" for path, heads in keys).encode()) & 0xFFFFF)
+        buf = torch.zeros(4 + world * n, dtype=torch.float64, device=device)
+        buf[:4] = torch.tensor([1.0, fp, fp * fp, float(n)], dtype=torch.float64)
+        torch.cat(parts, out=buf[4 + rank * n:4 + (rank + 1) * n])
+        timeout = collective_timeout()
+        work = dist.all_reduce(buf, async_op=True)
+        try:
+            done = work.wait(timeout=datetime.timedelta(seconds=timeout))
+        except RuntimeError as err:
+            if "timeout" not in str(err).lower() and "timed out" not in str(err).lower():
+                raise
+            done = False
+        if done is False:
+            raise RuntimeError(f"scalewatch attention statistics: rank {rank} waited {timeout:g} s at the check for "
+                               f"the other ranks' statistics; every rank must call step() at every step "
+                               f"({COLLECTIVE_TIMEOUT_ENV} sets the wait)")
+        head = buf[:4].tolist()
+        if head != [world, world * fp, world * fp * fp, world * n]:
+            raise RuntimeError(f"scalewatch attention statistics: the ranks saw different attention modules at this "
+                               f"check (rank {rank}: {[k[0] for k in keys]}); every rank must run the same "
+                               "attention modules in the forwards of a check step")
+        every = buf[4:].view(world, n)
+        first = torch.zeros(n, dtype=torch.bool, device=device)  # the max_logit row of each module
+        at = 0
+        for _, heads in keys:
+            first[at:at + heads] = True
+            at += 4 * heads
+        joined = torch.where(first, every.amax(0), every.sum(0)).float()
+        out: Dict[Tuple[str, int], Tensor] = {}
+        at = 0
+        for key in keys:
+            size = 4 * key[1]
+            if key in sums or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
+                out[key] = joined[at:at + size].view(4, key[1]).to(sums[key].device if key in sums else device)
+            at += size
+        return out
 
     def _name_for(self, key: Tuple[str, int]) -> str:
         path, heads = key
@@ -397,37 +611,33 @@ class AttentionWatch:
         self._names[key] = name
         return name
 
-    def _diagnose(self) -> None:
+    def _diagnose(self, had_calls: bool) -> None:
         paths = self._paths or {}
-        if not self._seen & set(paths):
-            if not self._sums:
+        if not (self._seen or self._captured):  # nothing of the model was seen to run
+            if self._presence_hooked and not had_calls:
                 self._warn_once("no-forward", f"scalewatch attention statistics: no module of {self.model_name} ran "
                                               "its forward during the check step (a torch.compile'd model runs its "
                                               "graph without them, as do forwards outside Python); nothing is "
                                               "recorded for attention")
             return
-        model = self._model_ref()
-        if model is None:
-            return
-        by_id = {id(m): m for m in model.modules()}
         captured_paths = [paths[i] for i in self._captured]
         silent: List[str] = []
-        for i in self._seen:
-            m = by_id.get(i)
-            if m is None or i in self._captured or i in self._excluded or not _ATTENTION_LIKE.search(type(m).__name__):
-                continue
+        for i in list(self._attention_like):
+            if i not in self._seen:
+                continue  # did not run at this check: asked again at the next
+            m = self._attention_like[i]
             path = paths[i]
             prefix = path + "."
-            if any(p.startswith(prefix) for p in captured_paths):
-                continue  # attention inside it was seen (BertAttention holds BertSelfAttention)
-            silent.append(f"{path} ({type(m).__name__}: {_reason(m)})")
+            if not any(p.startswith(prefix) for p in captured_paths):  # (BertAttention holds BertSelfAttention)
+                silent.append(f"{path} ({type(m).__name__}: {_reason(m)})")
+            del self._attention_like[i]  # settled: no more hook on it
         silent = [s for s in silent if not any(o != s and o.split(" ")[0].startswith(s.split(" ")[0] + ".")
                                                 for o in silent)]  # the innermost of nested ones
         if silent:
             self._warn_once("silent", "scalewatch attention statistics: these attention modules ran without calling "
                                       "torch.nn.functional.scaled_dot_product_attention, so they are not in the "
                                       "record: " + "; ".join(sorted(silent)))
-        if not self.stats and not self._sums and not silent:
+        if not self.stats and not had_calls and not silent:
             self._warn_once("none", f"scalewatch attention statistics: {self.model_name} made no attention call "
                                     "during the check step (no scaled_dot_product_attention, no nn.MultiheadAttention, "
                                     "no opted-in softmax): nothing is recorded for attention. Attention written by "
@@ -442,6 +652,7 @@ class AttentionWatch:
 
     def close(self) -> None:
         self.arm(False)
+        self._pending, self._pending_bytes, self._results = [], 0, []
 
 
 def _reason(module: nn.Module) -> str:

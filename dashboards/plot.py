@@ -144,7 +144,9 @@ def plot_series(series: Sequence[TensorSeries], left_out: int = 0, *, title: Opt
     head = title or "scalewatch: scale against its bounds"
     if left_out:
         head += f"\n{len(series)} closest to a bound shown, {left_out} more scale(s) left out"
-    fig, pairs = _figure(max(1, len(series)), gradient, head)
+    # no strip under a tensor that never had a gradient (attention statistics): it would stay empty
+    strips = [gradient and not never_had_gradient(t) for t in series] or [gradient]
+    fig, pairs = _figure(max(1, len(series)), strips, head)
     for (ax, strip), t in zip(pairs, series):
         if t.single:
             _draw_scale(ax, t.elements[0], max_points)
@@ -157,23 +159,35 @@ def plot_series(series: Sequence[TensorSeries], left_out: int = 0, *, title: Opt
     return fig
 
 
-def _figure(panels: int, gradient: bool, title: str,
+def never_had_gradient(t: Union[ScaleSeries, TensorSeries]) -> bool:
+    """True when every reading of ``t`` was recorded without a gradient (an attention statistic's)."""
+    elements = t.elements if isinstance(t, TensorSeries) else [t]
+    return bool(elements) and all(len(e) and len(e.no_grad) == len(e) and all(e.no_grad) for e in elements)
+
+
+def _figure(panels: int, gradient: Union[bool, Sequence[bool]], title: str,
             footer: str = "") -> Tuple[Figure, List[Tuple[Axes, Optional[Axes]]]]:
-    """A figure with a scale panel (and a gradient strip under it) per scale, all sharing the step axis."""
+    """A figure with a scale panel (and a gradient strip under it) per scale, all sharing the step axis.
+
+    ``gradient``: whether the panels get a strip, for all at once or per panel.
+    """
+    strips = [gradient] * panels if isinstance(gradient, bool) else list(gradient)
+    if len(strips) != panels:
+        raise ValueError(f"`gradient` must say for each of the {panels} panels, got {len(strips)} values")
     top = _TOP + 0.2 * title.count("\n")
     bottom = _BOTTOM + 0.2 * (footer.count("\n") + 1 if footer else 0)
-    block = _TITLE + _PANEL + (_STRIP_GAP + _STRIP if gradient else 0.0)
-    height = top + panels * block + (panels - 1) * _PAIR_GAP + bottom
+    height = (top + panels * (_TITLE + _PANEL) + sum(strips) * (_STRIP_GAP + _STRIP) + (panels - 1) * _PAIR_GAP
+              + bottom)
     fig = plt.figure(figsize=(_WIDTH, height))
     pairs: List[Tuple[Axes, Optional[Axes]]] = []
     first: Optional[Axes] = None
     y = height - top
-    for _ in range(panels):
+    for with_strip in strips:
         y -= _TITLE + _PANEL
         ax = fig.add_axes(_box(y, _PANEL, height), sharex=first)
         first = first or ax
         strip = None
-        if gradient:
+        if with_strip:
             y -= _STRIP_GAP + _STRIP
             strip = fig.add_axes(_box(y, _STRIP, height), sharex=first)
         y -= _PAIR_GAP
@@ -487,10 +501,12 @@ def plot_compare(comparison: "Comparison", *, normalise: bool = False, gradient:
         listed = "; ".join(f"{n} ({', '.join(labels)})" for n, labels in list(unshared.items())[:4])
         more = f"; +{len(unshared) - 4} more" if len(unshared) > 4 else ""
         notes.append(f"not in every run, not drawn: {listed}{more}")
-    fig, pairs = _figure(max(1, len(names)), gradient, head, footer="\n".join(notes))
     colors = run_colors(len(runs))
-    for (ax, strip), name in zip(pairs, names):
-        mine = [(TensorSeries.of(name, r.tensor_series(name)), color, r.label) for r, color in zip(runs, colors)]
+    panels = [[(TensorSeries.of(name, r.tensor_series(name)), color, r.label) for r, color in zip(runs, colors)]
+              for name in names]
+    strips = [gradient and not all(never_had_gradient(t) for t, _, _ in mine) for mine in panels] or [gradient]
+    fig, pairs = _figure(max(1, len(names)), strips, head, footer="\n".join(notes))
+    for (ax, strip), name, mine in zip(pairs, names, panels):
         _draw_compare_panel(ax, name, mine, normalise, max_points)
         if strip is not None:
             draw_gradient_strip(strip, mine, max_points)

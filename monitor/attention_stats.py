@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -270,6 +270,97 @@ def _sdpa(q: Tensor, k: Tensor, mask: Optional[Tensor], is_causal: bool, scale: 
     return total
 
 
+#: rows of the per-call sums :func:`stacked_sdpa_sums` returns: ``[calls, SUM_ROWS, heads]``
+SUM_ROWS = 4  # max_logit, entropy_sum, saturated_rows, rows
+
+
+def as_sums(stats: HeadStatistics) -> Tensor:
+    """``stats`` as one ``[1, 4, heads]`` tensor: max_logit, entropy_sum, saturated_rows, rows."""
+    rows = stats.rows if isinstance(stats.rows, Tensor) else torch.full_like(stats.entropy_sum, stats.rows)
+    return torch.stack((stats.max_logit, stats.entropy_sum, stats.saturated_rows, rows)).unsqueeze(0)
+
+
+def sums_values(sums: Tensor) -> Tensor:
+    """``[..., 4, H]`` sums -> ``[..., 3, H]`` values: max_logit, mean entropy, saturated share (no row: 0)."""
+    return torch.cat((sums[..., :1, :], sums[..., 1:3, :] / sums[..., 3:4, :].clamp_min(1.0)), dim=-2)
+
+
+def _stacked_chunk(x: Tensor, invalid: Optional[Tensor]) -> Tensor:
+    """:func:`_chunk` for logits ``[C, b, h, l, S]`` of ``C`` calls at once (overwritten) -> ``[C, 4, h]``.
+
+    About fifteen operations for all the calls together: on the small shapes of a check
+    step's many attention calls, the cost is per operation, not per logit.
+    """
+    calls, b, h, l, _ = x.shape
+    top_abs = x.abs()
+    if invalid is not None:
+        top_abs.masked_fill_(invalid, 0.0)
+        x.masked_fill_(invalid, -FILL)
+    max_logit = top_abs.amax(dim=(1, 3, 4))
+    del top_abs
+    top = x.amax(dim=-1, keepdim=True)  # a row with no un-masked key: -FILL
+    x.sub_(top)
+    p = x.exp()  # masked keys: exp(-FILL - top) = 0
+    s = p.sum(dim=-1)
+    entropy = s.log().sub_(p.mul_(x).sum(dim=-1).div_(s))
+    del p
+    saturated = s < 1.0 / SATURATED_ROW_THRESHOLD
+    if invalid is not None:
+        has_key = top.squeeze(-1) > -FILL / 2  # rows with no un-masked key count nowhere
+        entropy.masked_fill_(~has_key, 0.0)
+        saturated.logical_and_(has_key)
+        rows = has_key.sum(dim=(1, 3), dtype=x.dtype)
+    else:
+        rows = max_logit.new_full((calls, h), float(b * l))
+    return torch.stack((max_logit, entropy.sum(dim=(1, 3)), saturated.sum(dim=(1, 3), dtype=x.dtype), rows), dim=1)
+
+
+def stacked_bytes(query: Tensor, key: Tensor) -> int:
+    """Working bytes of one call in :func:`stacked_sdpa_sums`: its logits and its float32 copies of ``q``, ``k``."""
+    *lead, heads, queries, dim = query.shape
+    keys = key.shape[-2]
+    n = math.prod(lead) * heads
+    return n * (queries * keys * BYTES_PER_LOGIT + (queries + keys) * dim * 4)
+
+
+def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional[List[Tensor]], is_causal: bool,
+                      scale: Optional[float], enable_gqa: bool) -> Tensor:
+    """Per call, per head sums of several SDPA calls of one signature at once: ``[C, 4, H]``.
+
+    The calls' ``query`` ``(N, H, L, E)`` tensors share one shape, as do their ``key`` tensors
+    and their masks (``None`` or all given: boolean or float, or one tensor for every call),
+    ``is_causal``, ``scale`` and ``enable_gqa``. The caller keeps the calls within the memory
+    budget (:func:`stacked_bytes` each); each call's rows are exactly those
+    :func:`sdpa_statistics` reads. Rows: max_logit, entropy_sum, saturated_rows, rows.
+    """
+    with _quiet_math(queries[0].device):
+        q = torch.stack(queries) if len(queries) > 1 else queries[0].unsqueeze(0)
+        k = torch.stack(keys) if len(keys) > 1 else keys[0].unsqueeze(0)
+        calls, batch, heads, l, dim = q.shape
+        if enable_gqa and k.shape[2] != heads:  # grouped-query attention: query head h uses key head h // group
+            k = k.repeat_interleave(heads // k.shape[2], dim=2)
+        s = k.shape[-2]
+        q, kt = q.float(), k.float().transpose(-1, -2)
+        scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+        x = torch.baddbmm(q.new_empty(()), q.reshape(-1, l, dim), kt.reshape(-1, dim, s), beta=0.0,
+                          alpha=scale).view(calls, batch, heads, l, s)
+        invalid: Optional[Tensor] = None
+        if masks is not None:
+            if all(m is masks[0] for m in masks):  # one mask for every call (HF: the same padding mask)
+                m = _align(masks[0], 4).unsqueeze(0)
+            else:
+                m = torch.stack([_align(m, 4) for m in masks])
+            if m.dtype == torch.bool:
+                invalid = ~m
+            else:
+                x += m
+                invalid = _masked_fill_value(m)
+        if is_causal:
+            above = torch.arange(s, device=x.device) > torch.arange(l, device=x.device).unsqueeze(-1)
+            invalid = above if invalid is None else invalid | above
+        return _stacked_chunk(x, invalid)
+
+
 def logit_statistics(logits: Tensor, heads: Optional[int] = None, *, max_samples: Optional[int] = None,
                      memory_bytes: int = 64 << 20) -> HeadStatistics:
     """Per-head statistics of ``softmax(logits, dim=-1)``, for attention that writes its softmax by hand.
@@ -299,4 +390,5 @@ def logit_statistics(logits: Tensor, heads: Optional[int] = None, *, max_samples
 
 
 __all__ = ["BYTES_PER_LOGIT", "ENTROPY", "HeadStatistics", "MAX_LOGIT", "SATURATED", "SATURATED_ROW_THRESHOLD",
-           "STATISTICS", "computing", "is_computing", "logit_statistics", "sdpa_statistics"]
+           "STATISTICS", "SUM_ROWS", "as_sums", "computing", "is_computing", "logit_statistics", "sdpa_statistics",
+           "stacked_bytes", "stacked_sdpa_sums", "sums_values"]

@@ -584,6 +584,43 @@ def test_records_rules_loggers_and_views(tmp_path: Any, capsys: Any) -> None:
     assert "1.max_logit" in out and "1.entropy" in out
 
 
+
+def test_the_plot_draws_no_gradient_strip_for_attention(tmp_path: Any) -> None:
+    from matplotlib.image import imread
+
+    from scalewatch.dashboards.plot import never_had_gradient, plot_history
+
+    model, _, loss_of = fusion()  # its bias scale has a gradient; its attention statistics none
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    watcher = ScaleWatcher(model, log_dir=tmp_path, every_n_steps=2, attention=True, plot=True, max_plot_panels=8)
+    for step in range(4):
+        loss_of(model).backward()
+        watcher.step(step)
+        opt.step()
+        opt.zero_grad()
+    watcher.close()
+    fig = plot_history(watcher.history_path, max_panels=None)
+    try:
+        strips = [ax for ax in fig.axes if "gradient" in ax.get_ylabel()]
+        texts = [t.get_text() for ax in strips for t in ax.texts]
+        height = fig.get_size_inches()[1]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    panels = len(fig.axes) - len(strips)
+    assert panels == 1 + 3, [ax.get_title() for ax in fig.axes]  # the bias scale and the three statistics
+    assert len(strips) == 1 and "no gradient readings" not in texts  # under the scale only: no empty strip
+    png = imread(os.path.join(tmp_path, "scale_history.png"))
+    assert png.shape[0] == round(height * 110)  # the written PNG has this layout (dpi 110): no strip's height
+    assert not never_had_gradient(watcher_series_of(watcher.history_path, "attention_bias"))
+
+
+def watcher_series_of(path: str, part: str) -> Any:
+    from scalewatch.dashboards.plot import load_series
+
+    return next(t for t in load_series(path)[0] if part in t.name)
+
 # ---- bad input ---------------------------------------------------------------------------------------
 
 BAD = [({"max_logit": -1}, ValueError, "attention['max_logit']"), ({"max_logit": 0}, ValueError, "> 0"),
@@ -703,3 +740,37 @@ def test_history_lines_are_json_with_the_field(tmp_path: Any) -> None:
     with open(tmp_path / "scalewatch_history.jsonl", encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
     assert {r[ATTENTION_FIELD] for r in lines} == {"max_logit", "entropy", "saturated"}
+
+
+# ---- several processes -------------------------------------------------------------------------------
+
+
+def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
+    """2 gloo ranks, each its part of the batch: every rank records, and rank 0 writes, what one process
+    computes over the whole batch (max over ranks, row-weighted means)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import attention_ddp_script as script
+    from front_doors import torchrun
+
+    out = torchrun(os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_ddp_script.py"),
+                   str(tmp_path / "ddp"), str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = script.build()
+    watcher = ScaleWatcher(model, log_dir=tmp_path / "one", every_n_steps=1, attention=True, plot=False)
+    watcher.start()
+    for step in range(script.STEPS):
+        model(*script.batch(step)).backward()
+        watcher.step(step)
+    watcher.close()
+
+    def records(path: Any) -> Dict[Tuple[int, str], float]:
+        return {(r["step"], r["name"]): r["scale"] for r in iter_history(path) if r.get(ATTENTION_FIELD)}
+
+    ddp, one = records(tmp_path / "ddp" / "scalewatch_history.jsonl"), records(watcher.history_path)
+    assert set(ddp) == set(one) and len(one) == script.STEPS * 3 * (4 + 4)
+    for key, want in one.items():
+        assert ddp[key] == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    last = {name: v for (step, name), v in one.items() if step == script.STEPS - 1}
+    for rank in range(2):
+        with open(tmp_path / f"rank{rank}.json") as f:
+            assert json.load(f) == pytest.approx(last, rel=1e-5, abs=1e-6), rank

@@ -1,0 +1,95 @@
+"""Attention statistics under DDP: each rank its part of a global batch, the record the global batch's.
+
+Launched by tests/test_attention_watch.py::test_ddp_records_the_global_batch:
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/attention_ddp_script.py LOG_DIR OUT_DIR
+
+Rank 0 takes the first 5 samples of each step's global batch of 7, rank 1 the last 2 (unequal
+parts: the means must be weighted by rows). The model (``build``) has a padding-masked attention
+and a causal grouped-query one. No optimizer step: the weights stay those every rank and the
+single-process reference start from. Each rank writes its last readings to ``OUT_DIR/rank<N>.json``.
+"""
+import json
+import os
+import sys
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scalewatch.callbacks import ScaleWatcher
+
+STEPS, GLOBAL_BATCH, SPLIT = 3, 7, 5
+
+
+class Padded(nn.Module):
+    """4 heads, keys masked by a per-sample padding mask (boolean ``attn_mask``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk = nn.Linear(8, 2 * 4 * 4)
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k = self.qk(x).view(b, n, 2, 4, 4).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, k, attn_mask=keep[:, None, None, :])
+
+
+class Causal(nn.Module):
+    """Grouped-query attention: 4 query heads, 2 key heads, causal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(8, 4 * 2), nn.Linear(8, 2 * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 2).transpose(1, 2)
+        k = self.k(x).view(b, n, 2, 2).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.padded, self.causal = Padded(), Causal()
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        return self.padded(x, keep).sum() + self.causal(x).sum()
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return Model()
+
+
+def batch(step: int) -> Tuple[Tensor, Tensor]:
+    """The global batch of ``step``: tokens ``[7, 6, 8]`` and the keys each sample keeps."""
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(GLOBAL_BATCH, 6, 8, generator=g) * 3
+    lengths = torch.randint(1, 7, (GLOBAL_BATCH,), generator=g)
+    return x, torch.arange(6) < lengths[:, None]
+
+
+def main(log_dir: str, out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = build()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    watcher = ScaleWatcher(model, log_dir=log_dir, every_n_steps=1, attention=True, plot=False)
+    watcher.start()
+    for step in range(STEPS):
+        x, keep = batch(step)
+        part = slice(0, SPLIT) if rank == 0 else slice(SPLIT, GLOBAL_BATCH)
+        ddp(x[part], keep[part]).backward()
+        watcher.step(step)
+    watcher.close()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({r.name: r.scale for r in watcher.last_readings}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
