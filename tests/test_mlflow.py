@@ -404,6 +404,9 @@ def test_a_metrics_only_run_reads_back_with_its_steps_and_values(metrics_only_ru
     assert "pinned" in [a for r in by_name[GEN] for a in r["alerts"]]  # recomputed by the rule book
     lines = report_lines(capsys, f"runs:/{run['run_id']}", "--tracking-uri", run["uri"])
     assert any(line.startswith(GEN) for line in lines) and any("pinned" in line for line in lines)
+    png = run["root"] / "metrics-only.png"
+    assert cli.main(["plot", f"runs:/{run['run_id']}", "--tracking-uri", run["uri"], "-o", str(png), "-q"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_unknown_run_is_one_error_line(metrics_only_run: Dict[str, Any], capsys: Any) -> None:
