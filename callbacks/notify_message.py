@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Sequence, Tuple
 
 from scalewatch.monitor.advice import alert_advice
-from scalewatch.monitor.display import format_range
+from scalewatch.monitor.display import format_number, format_range
 from scalewatch.monitor.saturation import NEAR_LOWER, NEAR_UPPER, NON_FINITE, PINNED, Alert
 
 #: a message lists this many alerts in full; the rest are counted by kind
@@ -21,10 +21,6 @@ MEANING = {
 # Most urgent first, so a long message leads with what needs a person.
 _ORDER = {kind: i for i, kind in enumerate(MEANING)}
 _FAILURES = (NON_FINITE, PINNED)
-
-
-def _num(x: Optional[float]) -> str:
-    return "n/a" if x is None else format(x, ".4g")
 
 
 def _counts(alerts: Sequence[Alert]) -> str:
@@ -64,8 +60,8 @@ def format_message(run_name: str, step: int, alerts: Sequence[Alert],
     lines = []
     for a in ordered[:max_listed]:
         lines.append(f"{a.kind} · {a.name} · step {a.step}")
-        lines.append(f"scale {_num(a.scale)} in {format_range(a.min, a.max, fmt='.4g')} · raw {_num(a.raw)} · "
-                     f"grad {_num(a.grad)}")
+        scale, raw, grad = (format_number(v, missing="n/a") for v in (a.scale, a.raw, a.grad))
+        lines.append(f"scale {scale} in {format_range(a.min, a.max, fmt='.4g')} · raw {raw} · grad {grad}")
         lines.append(f"→ {MEANING.get(a.kind, a.message)}")
         todo = alert_advice(a)  # the pinned alert's one line of what to change (monitor/advice.py)
         if todo:
