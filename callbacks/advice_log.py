@@ -7,6 +7,9 @@ from typing import Any, List
 
 log = logging.getLogger("scalewatch")
 
+#: pieces of advice written into the training log at the end of fit (the report has them all)
+MAX_LOGGED_ADVICE = 10
+
 
 def log_run_advice(watcher: Any) -> List[Any]:
     """Log the advice for ``watcher``'s whole record, once, on the process that writes it; return it.
@@ -28,7 +31,8 @@ def log_run_advice(watcher: Any) -> List[Any]:
             return []
         else:
             _, advice = records_series_and_advice(history.records())
-        for line in advice_lines(advice):
+        # a thousand scales would be two thousand lines: the most urgent, then where the rest is
+        for line in advice_lines(advice, max_loud=MAX_LOGGED_ADVICE, more=f"scalewatch report {watcher.log_dir}"):
             log.info("scalewatch advice: %s", line)
         return advice
     except Exception as err:  # advice must never end training

@@ -522,11 +522,17 @@ def run_advice(series: Iterable[Any], generators: Collection[str] = (), quiet: C
     return sorted(advice, key=lambda a: (rank[a.kind], a.step if a.step is not None else math.inf, a.scale))
 
 
-def advice_lines(advice: Sequence[Advice], max_quiet: int = 3) -> List[str]:
+def advice_lines(advice: Sequence[Advice], max_quiet: int = 3, max_loud: Optional[int] = None,
+                 more: str = "scalewatch report") -> List[str]:
     """The advice as text lines: per piece what happened, then ``  → what to change`` on its own line;
-    more than ``max_quiet`` quiet scales are one line."""
-    loud = [line for a in advice if a.kind != QUIET
+    more than ``max_quiet`` quiet scales are one line. With ``max_loud``, only the first (most urgent)
+    pieces are written out and one line says how many more there are and where to read them (``more``)."""
+    loud_advice = [a for a in advice if a.kind != QUIET]
+    shown = loud_advice if max_loud is None else loud_advice[:max_loud]
+    loud = [line for a in shown
             for line in [f"{a.scale}: {a.happened}"] + ([f"  → {a.change}"] if a.change else [])]
+    if len(shown) < len(loud_advice):
+        loud.append(f"... and {len(loud_advice) - len(shown)} more pieces of advice: {more}")
     quiet = [a for a in advice if a.kind == QUIET]
     if len(quiet) > max_quiet:
         return loud + [f"{len(quiet)} {'other ' if loud else ''}scales stayed well inside their bounds: "

@@ -271,6 +271,29 @@ def test_end_of_fit_logs_the_advice_once(tmp_path: Any, caplog: Any) -> None:
     assert "a wider max_scale (e.g. 8, the aggressive preset's" in lines[1]
 
 
+def test_end_of_fit_logs_the_most_urgent_advice_and_says_where_the_rest_is(tmp_path: Any, caplog: Any) -> None:
+    from scalewatch.callbacks import ScaleWatcher
+    from scalewatch.callbacks.advice_log import MAX_LOGGED_ADVICE
+    from scalewatch.monitor import AttentionBiasGenerator
+
+    model = torch.nn.Module()
+    model.gens = torch.nn.ModuleList(AttentionBiasGenerator(bias_scale=4.0, min_scale=0.5, max_scale=5.0)
+                                     for _ in range(MAX_LOGGED_ADVICE + 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    weights = torch.ones(2, 4, 4)
+    with caplog.at_level(logging.INFO, logger="scalewatch"):
+        with ScaleWatcher(model, log_dir=tmp_path, every_n_steps=2, plot=False, notify=[]) as watcher:
+            for step in range(16):
+                sum(-g(weights).mean() for g in model.gens).backward()
+                watcher.step(step)
+                opt.step()
+                opt.zero_grad()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scalewatch advice:")]
+    happened = [line for line in lines if ": pinned at its upper bound" in line]
+    assert len(happened) == MAX_LOGGED_ADVICE, lines
+    assert lines[-1] == f"scalewatch advice: ... and 5 more pieces of advice: scalewatch report {tmp_path}"
+
+
 # ---- the demo: the advice works -----------------------------------------------------------------
 
 
