@@ -13,6 +13,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.visualization import TensorboardVisBackend, WandbVisBackend
 
 from scalewatch.callbacks.logger_sinks import ScaleSink, WandbSink
+from scalewatch.callbacks.tracker_sinks import backend_sinks
 from scalewatch.dashboards import tensorboard_layout
 from scalewatch.dashboards.tensor_series import TensorSeries
 from scalewatch.monitor.history.keys import KEY_PREFIX
@@ -42,7 +43,7 @@ class RunnerSink(ScaleSink):
     def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
         for backend in _backends(self.runner, TensorboardVisBackend):
             tensorboard_layout.write_margin_layout(backend.experiment, names, summarised)
-        self.trackers = _mlflow_sinks(self.runner)
+        self.trackers = _mlflow_sinks(self.runner) + backend_sinks(_backends(self.runner, object))  # DVCLive, ClearML
         for tracker in self.trackers:
             tracker.start(names, summarised)
 

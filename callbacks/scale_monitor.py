@@ -13,6 +13,7 @@ from scalewatch.callbacks import lightning_compat as compat
 from scalewatch.callbacks import mlflow_sink
 from scalewatch.callbacks.lightning_compat import MisconfigurationException
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
+from scalewatch.callbacks.tracker_sinks import with_tracker
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
 from scalewatch.callbacks.watcher import DEFAULT_EVERY_N_STEPS, ScaleWatcher, WatcherView, metric_key
 from scalewatch.dashboards.filenames import PLOT_FILENAME
@@ -186,4 +187,4 @@ def _sink(logger: Any, log_dir: Optional[str] = None) -> ScaleSink:
     if isinstance(logger, compat.wandb_logger_classes()):
         # Through the logger, so its prefix and step key apply as for every other metric.
         return WandbSink(logger.experiment, log_metrics=lambda m, s: logger.log_metrics(m, step=s))
-    return MetricsSink(logger)
+    return with_tracker(logger, MetricsSink(logger), log_dir)  # Comet, DVCLive: also the alerts and the plot

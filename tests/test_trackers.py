@@ -1,0 +1,191 @@
+"""Comet (offline), DVCLive and ClearML (offline), for real: a short training through the door users
+use for each, read back from what the tracker wrote on disk: the keys at the reading steps, the
+plot image, the alerts.
+
+Lightning's ``CometLogger`` with ``COMET_START_ONLINE=false`` (its ``OfflineExperiment`` zip),
+DVCLive's own Lightning ``DVCLiveLogger`` (its ``plots/`` and ``params.yaml``), HF
+``report_to=["clearml"]`` under ``CLEARML_OFFLINE_MODE=1`` (its offline session folder).
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import zipfile
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from scalewatch.monitor import HISTORY_FILENAME
+
+GEN = "head.attention_bias_generator"
+SCALE_KEY = f"scalewatch/{GEN}/scale"
+PNG = b"\x89PNG"
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables (and the working directory, ``cwd``) for one module-scoped run."""
+    cwd = values.pop("cwd", None)
+    before = {k: os.environ.get(k) for k in values}
+    here = os.getcwd()
+    os.environ.update(values)
+    if cwd:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def lightning_fit(logger: Any, root: Any) -> Any:
+    import pytorch_lightning as pl
+
+    from models import DriftModel
+    from scalewatch.callbacks import ScaleMonitor
+
+    monitor = ScaleMonitor(every_n_steps=4, notify=[])
+    trainer = pl.Trainer(max_steps=24, logger=logger, log_every_n_steps=4, default_root_dir=str(root),
+                         callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(DriftModel(lr=0.5))
+    return monitor
+
+
+def history(log_dir: str) -> List[Dict[str, Any]]:
+    with open(os.path.join(log_dir, HISTORY_FILENAME), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def first_pinned(records: List[Dict[str, Any]]) -> int:
+    return next(r["step"] for r in records if "pinned" in r["alerts"])
+
+
+def assert_alert_tags(tags: Dict[str, Any], records: List[Dict[str, Any]]) -> None:
+    """The alerts as MLflow's tags have them: ``scalewatch.alerts`` and ``scalewatch.alert.pinned``."""
+    step = first_pinned(records)
+    assert f"pinned@{step}" in tags["scalewatch.alerts"]
+    assert tags["scalewatch.alert.pinned"] == f"{GEN}@{step}"
+    assert "pinned" in tags["scalewatch.alert.pinned.last"].lower()
+
+
+# ---- DVCLive through its Lightning logger -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dvclive_run(tmp_path_factory: Any) -> Dict[str, Any]:
+    pytest.importorskip("dvclive")
+    root = tmp_path_factory.mktemp("dvclive")
+    with environment(cwd=str(root), DVC_NO_ANALYTICS="1", DVCLIVE_TEST="false"):
+        from dvclive.lightning import DVCLiveLogger
+
+        logger = DVCLiveLogger(dir=str(root / "dvclive"), save_dvc_exp=False, report=None)
+        monitor = lightning_fit(logger, root / "root")
+    return dict(dir=root / "dvclive", records=history(monitor.log_dir))
+
+
+def test_dvclive_keys_plot_alerts(dvclive_run: Dict[str, Any]) -> None:
+    import yaml
+
+    out, records = dvclive_run["dir"], dvclive_run["records"]
+    with open(out / "plots" / "metrics" / "scalewatch" / GEN / "scale.tsv", encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    assert [int(step) for step, _ in rows] == [r["step"] for r in records] == list(range(3, 24, 4))
+    assert [float(v) for _, v in rows] == pytest.approx([r["scale"] for r in records])
+    with open(out / "plots" / "images" / "scalewatch" / "scale_history.png", "rb") as f:
+        assert f.read(4) == PNG
+    with open(out / "params.yaml", encoding="utf-8") as f:
+        assert_alert_tags(yaml.safe_load(f), records)
+
+
+# ---- Comet offline through Lightning's CometLogger ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comet_run(tmp_path_factory: Any) -> Dict[str, Any]:
+    pytest.importorskip("comet_ml")
+    root = tmp_path_factory.mktemp("comet")
+    with environment(cwd=str(root), COMET_START_ONLINE="false", COMET_OFFLINE_DIRECTORY=str(root / "offline"),
+                     COMET_DISABLE_AUTO_LOGGING="1", COMET_LOGGING_CONSOLE="error"):
+        from pytorch_lightning.loggers import CometLogger
+
+        logger = CometLogger(project="scalewatch-test")
+        monitor = lightning_fit(logger, root / "root")
+        logger.experiment.end()  # writes the offline zip
+    archive = zipfile.ZipFile(glob.glob(str(root / "offline" / "*.zip"))[0])
+    messages = [json.loads(line) for line in archive.read("messages.json").decode().splitlines() if line.strip()]
+    return dict(archive=archive, messages=messages, records=history(monitor.log_dir))
+
+
+def test_comet_offline_keys_plot_alerts(comet_run: Dict[str, Any]) -> None:
+    archive, messages, records = comet_run["archive"], comet_run["messages"], comet_run["records"]
+    metrics = [m["payload"]["metric"] for m in messages if m["type"] == "metric_msg"
+               and m["payload"]["metric"]["metricName"] == SCALE_KEY]
+    assert [m["step"] for m in metrics] == [r["step"] for r in records] == list(range(3, 24, 4))
+    assert [float(m["metricValue"]) for m in metrics] == pytest.approx([r["scale"] for r in records])
+    params = [(m["payload"]["additional_params"] or {}, m["payload"]) for m in messages if m["type"] == "file_upload"]
+    uploads = {p.get("figName", p.get("fileName")): payload for p, payload in params}
+    assert archive.read(uploads["scale_history.png"]["file_path"])[:4] == PNG
+    recorded = archive.read(uploads[f"scalewatch/{HISTORY_FILENAME}"]["file_path"]).decode()
+    assert [json.loads(line)["step"] for line in recorded.splitlines()] == [r["step"] for r in records]
+    others = {m["payload"]["key"]: m["payload"]["value"] for m in messages if m["type"] == "log_other"}
+    assert_alert_tags(others, records)
+    tags = json.loads(archive.read("experiment.json")).get("tags", [])
+    assert "scalewatch:pinned" in tags
+
+
+# ---- ClearML offline through HF report_to ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clearml_run(tmp_path_factory: Any) -> Dict[str, Any]:
+    pytest.importorskip("clearml")
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("clearml")
+    with environment(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(root / "cache"), CLEARML_LOG_MODEL="false",
+                     CLEARML_PROJECT="scalewatch-test", CLEARML_TASK="hf"):
+        from clearml import Task
+        from hf_models import hf_trainer
+        from scalewatch.callbacks.hf import ScaleMonitorCallback
+
+        # as ClearML documents it (the variable alone counts only before clearml's import); it stays offline
+        # in this process: going back online connects to a server
+        Task.set_offline(True)
+        monitor = ScaleMonitorCallback(notify=[])
+        hf_trainer(root / "out", [monitor], report_to=("clearml",), max_steps=30).train()  # closes the task
+    session = next(p for p in glob.glob(str(root / "cache" / "offline" / "offline-*")) if os.path.isdir(p))
+
+    def lines(name: str) -> List[Dict[str, Any]]:
+        with open(os.path.join(session, name), encoding="utf-8") as f:
+            return [event for line in f if line.strip() for event in json.loads(line)]
+
+    with open(os.path.join(session, "task.json"), encoding="utf-8") as f:
+        task = json.load(f)
+    return dict(session=session, metrics=lines("metrics.jsonl"), log=lines("log.jsonl"), task=task,
+                records=history(monitor.log_dir))
+
+
+# ClearML's configuration parser calls pyparsing's old spellings when it loads its defaults
+@pytest.mark.filterwarnings("ignore::pyparsing.warnings.PyparsingDeprecationWarning")
+def test_clearml_offline_keys_plot_alerts(clearml_run: Dict[str, Any]) -> None:
+    events, records, task = clearml_run["metrics"], clearml_run["records"], clearml_run["task"]
+    scalars = [e for e in events if e["type"] == "training_stats_scalar" and e["variant"] == SCALE_KEY]
+    assert [e["iter"] for e in scalars] == [r["step"] for r in records] == list(range(5, 31, 5))
+    assert [e["value"] for e in scalars] == pytest.approx([r["scale"] for r in records])
+    images = [e for e in events if e["type"] == "training_debug_image" and e["metric"] == "scalewatch"
+              and e["variant"] == "scale_history"]
+    assert images, sorted({(e["type"], e.get("metric")) for e in events})
+    from PIL import Image
+
+    with Image.open(images[-1]["url"]) as image:  # ClearML stores a figure's image as JPEG
+        assert image.width > 100 and image.height > 100
+    assert "scalewatch:pinned" in task["tags"]
+    params = {f"scalewatch.{name}": p["value"] for name, p in task["hyperparams"]["scalewatch"].items()}
+    assert_alert_tags(params, records)
+    assert any("pinned at its bound" in e.get("msg", "") and e["level"] == "warning" for e in clearml_run["log"])
