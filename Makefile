@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.scalewatch-installed
 # the CPU wheel on disk; installed first so nothing pulls a CUDA build
 TORCH  := torch==2.13.0
 # Both Lightning packages, every front door's framework and every service, so the suite covers them all.
-EXTRAS := wandb,notify,mlflow,lightning,pytorch-lightning,transformers,mmengine,ignite,examples,dev
+EXTRAS := wandb,notify,mlflow,trackers,lightning,pytorch-lightning,transformers,mmengine,ignite,examples,dev
 # torch pinned again here: open_clip pulls torchvision, whose newest release would replace it
 # with the newest CUDA build; the pin makes pip pick the torchvision made for this torch.
 PINS   := $(TORCH) lightning==2.6.6 pytorch-lightning==2.6.6
