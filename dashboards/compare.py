@@ -281,6 +281,11 @@ def final_metric(src: Source, arg: str, metric: str) -> Optional[MetricValue]:
         return _csv_last(src.path, metric)
     if src.kind == TENSORBOARD:
         return _tensorboard_last(src, metric)
+    if src.tracking_uri:  # an MLflow run: the metric as the run itself logged it
+        from scalewatch.dashboards.mlflow_source import last_value
+
+        found = last_value(src.origin, src.tracking_uri, metric)
+        return MetricValue(metric, found[0], found[1], src.origin) if found else None
     root = arg if os.path.isdir(arg) else os.path.dirname(os.path.abspath(arg))
     for kind in (CSV, TENSORBOARD):
         try:

@@ -177,6 +177,23 @@ def history_artifact(client: Any, run: Any) -> Tuple[Optional[str], Any]:
     return client.download_artifacts(run.info.run_id, wanted, keep.name), keep
 
 
+def last_value(ref: str, tracking_uri: Optional[str], metric: str) -> Optional[Tuple[float, int]]:
+    """``(value, step)`` of ``metric`` at the last step the run logged it (``compare``'s final metric);
+    ``None`` when it never did or the run cannot be read now (bounded as every read here)."""
+    with bounded_env():
+        try:
+            client, run, _ = open_run(ref, tracking_uri)
+            if metric not in run.data.metrics:
+                return None
+            history = client.get_metric_history(run.info.run_id, metric)
+        except Exception:  # noqa: BLE001 - a missing metric value, never an error of the comparison
+            return None
+    if not history:
+        return None
+    last = max(history, key=lambda m: (m.step, m.timestamp))
+    return float(last.value), int(last.step)
+
+
 def logged_rows(client: Any, run: Any) -> List[Tuple[int, str, Dict[str, float]]]:
     """The run's ``scalewatch/*`` metrics as ``(step, NAME, {FIELD: value})`` rows in step order, names
     in natural order (MLflow keeps no order: ``NAME[2]`` before ``NAME[10]``); a value logged twice at a
@@ -195,5 +212,5 @@ def logged_rows(client: Any, run: Any) -> List[Tuple[int, str, Dict[str, float]]
 
 
 __all__ = ["ARTIFACT_DIR", "HTTP_TIMEOUT", "MlflowReadError", "READ_ENV", "RUN_PREFIXES", "bounded_env",
-           "history_artifact", "is_run_ref", "local_artifacts", "local_path", "logged_rows", "open_run", "resolve_uri",
+           "history_artifact", "is_run_ref", "last_value", "local_artifacts", "local_path", "logged_rows", "open_run", "resolve_uri",
            "run_id_of", "short_reason"]

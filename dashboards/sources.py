@@ -72,6 +72,7 @@ class Source:
         warn_fraction, patience: the rules used to recompute alerts for logger
             sources (the history file carries its own).
         origin: the run's name when it is not a local path (an MLflow run: ``runs:/RUN_ID``).
+        tracking_uri: an MLflow run's tracking store.
     """
 
     kind: str
@@ -83,6 +84,7 @@ class Source:
     #: what the search loaded, so the run is read once: TensorBoard's reader, an MLflow run's rows
     accumulator: Any = field(default=None, repr=False, compare=False)
     origin: str = ""
+    tracking_uri: str = ""
     #: keeps a downloaded artifact's temporary folder alive as long as the source
     keep: Any = field(default=None, repr=False, compare=False)
 
@@ -209,7 +211,7 @@ def mlflow_source(ref: str, tracking_uri: Optional[str] = None, warn_fraction: f
             path, keep = ml.history_artifact(client, run)
             if path is not None:
                 return Source(HISTORY, path, f"the {ml.ARTIFACT_DIR}/{HISTORY_FILENAME} artifact of {where}",
-                              warn_fraction, patience, origin=origin, keep=keep)
+                              warn_fraction, patience, origin=origin, tracking_uri=uri, keep=keep)
             rows = ml.logged_rows(client, run)
     except ml.MlflowReadError as err:
         raise SourceError(str(err)) from err
@@ -219,7 +221,7 @@ def mlflow_source(ref: str, tracking_uri: Optional[str] = None, warn_fraction: f
         raise SourceError(f"{ref}: {where} has no {ml.ARTIFACT_DIR}/{HISTORY_FILENAME} artifact and no "
                           "scalewatch/* metrics")
     return Source(MLFLOW, origin, f"{where}: its scalewatch/* metrics (no history artifact)", warn_fraction,
-                  patience, accumulator=rows, origin=origin)
+                  patience, accumulator=rows, origin=origin, tracking_uri=uri)
 
 
 def find_history(run_dir: str) -> Optional[str]:

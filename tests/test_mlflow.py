@@ -163,6 +163,12 @@ def test_two_lightning_runs_in_one_tracking_root_keep_their_own(tmp_path: Any, s
     assert cli.main(["compare", f"runs:/{first.run_id}", f"runs:/{second.run_id}"]) == 0
     table = capsys.readouterr().out
     assert first.run_id in table and second.run_id in table  # each run named by its id
+    # the final metric from the run itself, as compare takes it from a metrics.csv or TensorBoard events
+    assert cli.main(["compare", f"runs:/{first.run_id}", f"runs:/{second.run_id}", "--metric", "loss", "--json"]) == 0
+    for run in json.loads(capsys.readouterr().out)["runs"]:
+        run_id = run["metric"]["path"].split("/")[-1]
+        last = max(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        assert run["metric"]["step"] == last.step and run["metric"]["value"] == pytest.approx(last.value)
 
 
 @pytest.mark.slow
