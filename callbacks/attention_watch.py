@@ -341,9 +341,12 @@ class AttentionWatch:
             self._hook_diagnosis()
         else:
             _INTERCEPTOR.remove(self)
-            for hook in self._hooks:
-                hook.remove()
-            self._hooks = []
+            self._unhook()
+
+    def _unhook(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _hook_diagnosis(self) -> None:
         """Pre-hooks only where the diagnosis still needs them (none once every attention module was seen)."""
@@ -357,9 +360,6 @@ class AttentionWatch:
     def _seen_hook(self, module: nn.Module, _inputs: Any) -> None:
         if not _compiling():  # traced by torch.compile: nothing of this goes into a graph
             self._seen.add(id(module))
-
-    def seen(self, module: nn.Module) -> None:
-        self._seen.add(id(module))
 
     def _owner(self, caller: Any) -> Optional[Tuple[nn.Module, str]]:
         paths = self._paths or {}
@@ -412,7 +412,7 @@ class AttentionWatch:
             n = opts.samples
             if n is not None:
                 q, k = q[:n], k[:n]
-                if mask is not None and mask.dim() >= 3 and mask.shape[0] > 1:
+                if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:  # (fewer dims: no batch dim)
                     mask = mask[:n]
             size = stacked_bytes(q, k)
             if size <= opts.memory_bytes:  # else: chunked on its own, now
@@ -537,6 +537,9 @@ class AttentionWatch:
         self._results = []
         self._seen = set()
         self._captured = set()
+        if self.armed:  # still armed (a check at every step): only the hooks the diagnosis still needs
+            self._unhook()
+            self._hook_diagnosis()
         return out, added
 
     def _over_ranks(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:

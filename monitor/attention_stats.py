@@ -346,8 +346,10 @@ def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional
                           alpha=scale).view(calls, batch, heads, l, s)
         invalid: Optional[Tensor] = None
         if masks is not None:
-            if all(m is masks[0] for m in masks):  # one mask for every call (HF: the same padding mask)
-                m = _align(masks[0], 4).unsqueeze(0)
+            first = masks[0]
+            if all(m.data_ptr() == first.data_ptr() and m.stride() == first.stride() for m in masks):
+                # one mask for every call (HF: the same padding mask, in every layer)
+                m = _align(first, 4).unsqueeze(0)
             else:
                 m = torch.stack([_align(m, 4) for m in masks])
             if m.dtype == torch.bool:

@@ -477,6 +477,25 @@ def test_nothing_is_installed_off_check_steps() -> None:
     assert not hooks._global_forward_hooks
 
 
+
+def test_no_hook_once_the_attention_was_seen() -> None:
+    """Calls are attributed through the running frames: no hook on every module, and once every
+    attention module has been seen calling SDPA, none at all (the check step's cost)."""
+    model, modules, loss_of = vit()
+    hooks = nn.modules.module
+    watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
+    watcher.start()  # armed for step 0's forwards
+    hooked = []
+    for step in range(3):
+        hooked.append(sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()))
+        assert not hooks._global_forward_pre_hooks and not hooks._global_forward_hooks
+        loss_of(model).backward()
+        watcher.step(step)
+    watcher.close()
+    assert 0 < hooked[0] < len(list(model.modules())) / 4  # the attention modules (and the model's children)
+    assert hooked[1:] == [0, 0]
+    assert sum(1 for r in watcher.last_readings if r.name.startswith("blocks.")) == 2 * 3 * 3
+
 class MLPWithBias(nn.Module):
     def __init__(self) -> None:
         super().__init__()
