@@ -70,7 +70,7 @@ def single_check_cost(checks: int = 20, every: int = 10, batch_size: int = 8) ->
     return times
 
 
-def launch(rounds: int, batch_size: int, out: str, timeout: float) -> List[Dict[str, Any]]:
+def launch(rounds: int, batch_size: int, out: str, timeout: float, control: bool = False) -> List[Dict[str, Any]]:
     """Run the 2-process FSDP2 loop; each rank's result."""
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
@@ -78,7 +78,8 @@ def launch(rounds: int, batch_size: int, out: str, timeout: float) -> List[Dict[
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(port),
-                           "-m", "benchmarks.sharded_worker", out, str(rounds), str(batch_size)],
+                           "-m", "benchmarks.sharded_worker", out, str(rounds), str(batch_size)]
+                          + (["control"] if control else []),
                           cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"the FSDP2 launch failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -87,25 +88,24 @@ def launch(rounds: int, batch_size: int, out: str, timeout: float) -> List[Dict[
         return [json.load(f0), json.load(f1)]
 
 
-def run(rounds: int = 20, batch_size: int = 8, log: Any = print, timeout: float = 1800) -> Dict[str, Any]:
-    """Measure; returns the result with ``rows`` (as ``bench_plain_loop``'s), ``check_cost`` and the ``target``."""
+def run(rounds: int = 20, batch_size: int = 8, log: Any = print, timeout: float = 1800,
+        control: bool = False) -> Dict[str, Any]:
+    """Measure; returns the result with ``rows`` (as ``bench_plain_loop``'s), ``check_cost`` and the ``target``.
+
+    ``control``: an A/A run, ``watcher.step`` never called in the watcher blocks (the noise's size).
+    """
     quiet()
     started = time.perf_counter()
-    log(f"  {rounds} rounds of baseline / ScaleWatcher blocks in one 2-process FSDP2 loop (gloo) ...")
+    log(f"  {rounds} rounds of baseline / ScaleWatcher blocks in one 2-process FSDP2 loop (gloo)"
+        f"{' (A/A: watcher.step never called)' if control else ''} ...")
     with tempfile.TemporaryDirectory(prefix="scalewatch-bench-fsdp2-") as out:
-        ranks = launch(rounds, batch_size, out, timeout)
+        ranks = launch(rounds, batch_size, out, timeout, control)
+    if control:  # no checks to time: the rows only
+        return {"benchmark": "sharded", "primary_metric": "cpu", "control": True,
+                "rows": _rows(ranks), "ranks": ranks, "wall_s": time.perf_counter() - started}
     log("  the check step in one process, same model unsharded ...")
     single = single_check_cost(batch_size=batch_size)
-    rows: List[Dict[str, Any]] = []
-    base = [b for b in ranks[0]["blocks"] if b["variant"] == "baseline"]
-    rows.append(ratio_row("baseline", LABELS["baseline"], COMPARISON, base, None, len(base)))
-    for r in ranks:
-        blocks = r["blocks"]
-        base_wall_ms = statistics.median(b["wall"] for b in blocks if b["variant"] == "baseline") * 1e3
-        mine = [b for b in blocks if b["variant"] == VARIANT]
-        row = ratio_row(VARIANT, LABELS[VARIANT].format(rank=r["rank"]), COMPARISON, mine,
-                        neighbour_ratios(blocks, [VARIANT]), len(mine))
-        rows.append(with_in_hook(row, {"hook_s_per_step": r["hook_s_per_step"], "checks": r["checks"]}, base_wall_ms))
+    rows = _rows(ranks)
     check_cost = {"single_process_ms": statistics.median(single) * 1e3, "single_process_n": len(single),
                   **{f"fsdp2_rank{r['rank']}_ms": statistics.median(r["check_step_s"]) * 1e3 for r in ranks},
                   "fsdp2_n": len(ranks[0]["check_step_s"])}
@@ -121,8 +121,24 @@ def run(rounds: int = 20, batch_size: int = 8, log: Any = print, timeout: float 
             "wall_s": time.perf_counter() - started}
 
 
+def _rows(ranks: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The baseline row, then each rank's watcher row with its direct account."""
+    base = [b for b in ranks[0]["blocks"] if b["variant"] == "baseline"]
+    rows = [ratio_row("baseline", LABELS["baseline"], COMPARISON, base, None, len(base))]
+    for r in ranks:
+        blocks = r["blocks"]
+        base_wall_ms = statistics.median(b["wall"] for b in blocks if b["variant"] == "baseline") * 1e3
+        mine = [b for b in blocks if b["variant"] == VARIANT]
+        row = ratio_row(VARIANT, LABELS[VARIANT].format(rank=r["rank"]), COMPARISON, mine,
+                        neighbour_ratios(blocks, [VARIANT]), len(mine))
+        rows.append(with_in_hook(row, {"hook_s_per_step": r["hook_s_per_step"], "checks": r["checks"]}, base_wall_ms))
+    return rows
+
+
 def format_table(result: Dict[str, Any]) -> str:
     """The rows as ``bench_plain_loop``'s table, then the check step's time beside the single-process one."""
+    if result.get("control"):
+        return ratio_table(result, hook_column="in step()") + "\n\n(A/A control: watcher.step never called)"
     c = result["check_cost"]
     return (ratio_table(result, hook_column="in step()") + "\n\n"
             "| check step (`watcher.step` on a check) | median ms |\n|---|---:|\n"
@@ -137,10 +153,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=20, help="rounds (one baseline and one watcher block each)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the single-process part")
+    p.add_argument("--control", action="store_true",
+                   help="A/A: the same launch with watcher.step never called (what the noise makes of nothing)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = run(args.rounds, args.batch_size)
+    result = run(args.rounds, args.batch_size, control=args.control)
     return report(result, "FSDP2 plain loop, 2 processes: overhead per optimizer step", format_table(result),
                   args.json)
 

@@ -2,13 +2,14 @@
 
 Started by :mod:`benchmarks.bench_sharded` (from the repository root)::
 
-    python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_worker OUT_DIR ROUNDS BATCH
+    python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_worker OUT_DIR ROUNDS BATCH [control]
 
 Every rank runs the same schedule ``W`` (warm-up) + ``ROUNDS`` x ``B W`` + ``B`` of 50-step
 blocks, so the ranks switch the watcher on and off together (a rank calling ``watcher.step`` alone
 would wait in the check's collective). Each rank writes ``OUT_DIR/rank<N>.json``: its block times
 (CPU and wall, :class:`~benchmarks.common.StepClock`), the seconds inside ``watcher.step`` in the
-timed watcher blocks, and the time of each check step's ``watcher.step``.
+timed watcher blocks, and the time of each check step's ``watcher.step``. ``control``: an A/A run,
+the same schedule with ``watcher.step`` never called (what the method makes of no difference).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def build() -> Encoder:
     return model
 
 
-def run_loop(rounds: int, batch_size: int, root: str, rank: int) -> Dict[str, Any]:
+def run_loop(rounds: int, batch_size: int, root: str, rank: int, control: bool = False) -> Dict[str, Any]:
     """The FSDP2 loop on this rank: per-block times and the watcher's own time."""
     from torch.distributed.fsdp import fully_shard
 
@@ -61,7 +62,8 @@ def run_loop(rounds: int, batch_size: int, root: str, rank: int) -> Dict[str, An
         if block < len(schedule) and schedule[block] == VARIANT:
             reads = watcher.will_read(step)
             t0 = time.perf_counter()
-            watcher.step(step)
+            if not control:
+                watcher.step(step)
             took = time.perf_counter() - t0
             if block > 0:
                 in_step += took
@@ -72,7 +74,7 @@ def run_loop(rounds: int, batch_size: int, root: str, rank: int) -> Dict[str, An
     watcher.close()
     if len(clock.starts) < steps:
         raise RuntimeError(f"only {len(clock.starts)} of {steps} steps were timed")
-    if watcher.checks != schedule.count(VARIANT):
+    if watcher.checks != (0 if control else schedule.count(VARIANT)):
         raise RuntimeError(f"{watcher.checks} checks in {schedule.count(VARIANT)} watcher blocks")
     per_block = clock.blocks(len(schedule) - 1)
     blocks = [{"variant": v, "cpu": c, "wall": w}
@@ -83,12 +85,12 @@ def run_loop(rounds: int, batch_size: int, root: str, rank: int) -> Dict[str, An
 
 
 def main(argv: List[str]) -> int:
-    out, rounds, batch_size = argv[0], int(argv[1]), int(argv[2])
+    out, rounds, batch_size, control = argv[0], int(argv[1]), int(argv[2]), argv[3:] == ["control"]
     quiet()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.set_num_threads(1)
-    result = run_loop(rounds, batch_size, os.path.join(out, "run"), rank)
+    result = run_loop(rounds, batch_size, os.path.join(out, "run"), rank, control)
     with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f)
     dist.barrier()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from hf_models import GEN, hf_trainer  # noqa: E402
+from hf_models import GEN, hf_trainer  # noqa: E402,F401 - GEN: the tests read it here
 from scalewatch.callbacks.hf import ScaleMonitorCallback  # noqa: E402
 from scalewatch.monitor.sharded import make_shardable  # noqa: E402
 
