@@ -6,7 +6,8 @@ Launched by tests/test_sharded.py:
 
 CASEs, one after the other in the same two processes: ``hf-fsdp`` (``fsdp=True``: HF's default,
 FSDP2 through accelerate), ``hf-fsdp1`` (``fsdp_config={"version": 1}``), ``hf-zero3``
-(``deepspeed=`` a ZeRO-3 config). tests/sharded_script.py runs them in its launch too.
+(``deepspeed=`` a ZeRO-3 config), ``hf-fsdp-cpu`` (``fsdp=True`` left as it is: on a CPU accelerate
+trains DDP). tests/sharded_script.py runs them in its launch too.
 The model is tests/hf_models.py's ``DriftModel`` made shardable (FSDP and DeepSpeed refuse its
 0-dim scale), 2 samples per rank and step; :func:`single` is the single-process run of the same
 model and data (4 samples a step). Each rank of each case writes ``OUT_DIR/CASE/rank<N>.json``
@@ -98,7 +99,9 @@ def run(case: str, out: str, rank: int, collectives: Any = None) -> Dict[str, An
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     callback = Counted(collectives, on_saturation="stop")
     kw: Dict[str, Any] = dict(max_steps=STEPS, logging_steps=LOGGING, per_device_train_batch_size=PER_RANK)
-    if case in ("hf-fsdp", "hf-fsdp1"):
+    if case == "hf-fsdp-cpu":  # as a user configures it: on a CPU accelerate leaves FSDP aside (DDP)
+        kw["fsdp"] = True
+    elif case in ("hf-fsdp", "hf-fsdp1"):
         kw["fsdp"] = True
         # FSDP1 on a CPU: no sync_module_states (it broadcasts through a GPU); every rank builds the same seeded model
         kw["fsdp_config"] = {"version": 2} if case == "hf-fsdp" else {"version": 1, "sync_module_states": "false"}

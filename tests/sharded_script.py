@@ -10,7 +10,7 @@ ENGINEs, one after the other in the same two processes: ``ddp`` (DDP around a mo
 own), ``fsdp1-flat`` (``use_orig_params=False``), ``zero3`` (DeepSpeed ZeRO-3),
 ``fsdp2-resume`` (FSDP2 continuing a single-process run's record: ``OUT_DIR/single-ckpt.pt``),
 ``fsdp2-part`` (FSDP2's first checks, saved to ``OUT_DIR/fsdp2-ckpt.pt`` for a single process to continue),
-``hf-fsdp``, ``hf-fsdp1``, ``hf-zero3`` (HF's Trainer: tests/hf_sharded_script.py), then the faults: ``fault-diverge`` (rank 1 watches one more scale), ``fault-missing`` (rank 1
+``hf-fsdp``, ``hf-fsdp1``, ``hf-zero3``, ``hf-fsdp-cpu`` (HF's Trainer: tests/hf_sharded_script.py), then the faults: ``fault-diverge`` (rank 1 watches one more scale), ``fault-missing`` (rank 1
 stops calling ``step()``; the last engine: the process group is left broken).
 
 Each rank of each engine writes ``OUT_DIR/ENGINE/rank<N>.json``: where it stopped, its checks,

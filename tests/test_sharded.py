@@ -61,7 +61,7 @@ def runs(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(COLLECTIVE_TIMEOUT_ENV, str(FAULT_TIMEOUT))  # the faults' wait (the others never wait long)
         launched = torchrun(str(HERE / "sharded_script.py"), str(out), *ENGINES, "fsdp2-resume", "fsdp2-part",
-                            *HF_CASES, "fault-diverge", "fault-missing", timeout=300)
+                            *HF_CASES, "hf-fsdp-cpu", "fault-diverge", "fault-missing", timeout=300)
     assert launched.returncode == 0, launched.stderr[-4000:]
     # and back: one process continues the FSDP2 run's record from its (gathered, full) checkpoint
     back = torch.load(out / "fsdp2-ckpt.pt", weights_only=False)
@@ -157,6 +157,16 @@ def test_hf_trainer_sharded_records_what_one_process_records(runs: Path, case: s
     assert sorted((runs / case).rglob("scalewatch_history*.jsonl")) == [runs / case / "run" / HISTORY_FILENAME]
     # values before the step's update (ZeRO-3 too: DeepSpeed steps inside accelerator.backward)
     _same_lines(readback.history(str(runs / case / "run")), reference)
+
+
+@pytest.mark.slow
+def test_hf_trainer_fsdp_as_configured_on_a_cpu_trains_ddp(runs: Path) -> None:
+    # what the README says: accelerate (1.16) turns FSDP on for GPU-like process types only
+    ranks = _ranks(runs, "hf-fsdp-cpu")
+    assert {r["wrapped"] for r in ranks.values()} == {"DistributedDataParallel"}
+    assert {r["local"] for r in ranks.values()} == {FULL_HF}  # every rank holds the whole model
+    reference = readback.history(str(runs / "hf-single" / "run"))
+    _same_lines(readback.history(str(runs / "hf-fsdp-cpu" / "run")), reference)
 
 
 @pytest.mark.slow
