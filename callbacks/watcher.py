@@ -13,6 +13,7 @@ import os
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -644,11 +645,17 @@ class ScaleWatcher:
             c, cut = columns, slice(0, n)
             parts.append((CheckColumns(c.step, self._layout(self._scales_now), c.scale[cut], c.raw[cut], c.grad[cut],
                                        c.has_grad[cut], c.clamp_fraction[cut], c.has_fraction[cut]), {}))
-        at, rows = n, {}  # statistic -> rows
+        at, groups = n, {}  # statistic -> (its handles, their rows): columns too, no Reading per value
         for h in self._attention_now:
-            rows.setdefault(h.statistic, []).extend(range(at, at + h.numel))
+            handles, rows = groups.setdefault(h.statistic, ([], []))
+            handles.append(h)
+            rows.extend(range(at, at + h.numel))
             at += h.numel
-        parts.extend((columns.readings(r), {ATTENTION_FIELD: statistic}) for statistic, r in rows.items())
+        c = columns
+        for statistic, (handles, rows) in groups.items():
+            r = np.asarray(rows)
+            parts.append((CheckColumns(c.step, self._layout(handles), c.scale[r], c.raw[r], c.grad[r], c.has_grad[r],
+                                       c.clamp_fraction[r], c.has_fraction[r]), {ATTENTION_FIELD: statistic}))
         return parts
 
     def _track_clamp_fraction(self, on: bool) -> None:
