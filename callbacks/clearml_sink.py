@@ -31,8 +31,9 @@ class ClearmlSink(RunSink):
 
     def send_alert(self, alert: Alert, tags: Dict[str, str]) -> None:
         self.run.add_tags([f"scalewatch:{alert.kind}"])
-        # "scalewatch.alert.pinned" -> section "scalewatch", name "alert.pinned"
-        self.run.set_parameters({key.replace(".", "/", 1): value for key, value in tags.items()})
+        # "scalewatch.alert.pinned" -> section "scalewatch", name "alert.pinned"; update_, as set_parameters
+        # would replace every parameter the task has (the trainer's arguments among them)
+        self.run.update_parameters({key.replace(".", "/", 1): value for key, value in tags.items()})
         self.run.get_logger().report_text(alert.message, level=logging.WARNING)
 
     def send_plot(self, fig: Any, step: int) -> None:

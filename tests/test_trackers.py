@@ -73,6 +73,7 @@ def assert_alert_tags(tags: Dict[str, Any], records: List[Dict[str, Any]]) -> No
     assert f"pinned@{step}" in tags["scalewatch.alerts"]
     assert tags["scalewatch.alert.pinned"] == f"{GEN}@{step}"
     assert "pinned" in tags["scalewatch.alert.pinned.last"].lower()
+    assert tags["scalewatch.alert.near_upper"].startswith(f"{GEN}@")  # every kind kept, not only the last
 
 
 # ---- DVCLive through its Lightning logger -------------------------------------------------------
@@ -157,6 +158,9 @@ def clearml_run(tmp_path_factory: Any) -> Dict[str, Any]:
         # as ClearML documents it (the variable alone counts only before clearml's import); it stays offline
         # in this process: going back online connects to a server
         Task.set_offline(True)
+        # the script as the task's code, not this checkout's git state: its git commands (which close() waits
+        # for) took minutes here, forked from a process this size next to other engineers' work
+        Task.force_store_standalone_script(True)
         monitor = ScaleMonitorCallback(notify=[])
         hf_trainer(root / "out", [monitor], report_to=("clearml",), max_steps=30).train()  # closes the task
     session = next(p for p in glob.glob(str(root / "cache" / "offline" / "offline-*")) if os.path.isdir(p))
@@ -188,4 +192,5 @@ def test_clearml_offline_keys_plot_alerts(clearml_run: Dict[str, Any]) -> None:
     assert "scalewatch:pinned" in task["tags"]
     params = {f"scalewatch.{name}": p["value"] for name, p in task["hyperparams"]["scalewatch"].items()}
     assert_alert_tags(params, records)
+    assert set(task["hyperparams"]) - {"scalewatch"}, "the trainer's own parameters are kept"
     assert any("pinned at its bound" in e.get("msg", "") and e["level"] == "warning" for e in clearml_run["log"])
