@@ -358,7 +358,9 @@ class AttentionWatch:
         self._hooks = [m.register_forward_pre_hook(self._seen_hook) for m in watch]
 
     def _seen_hook(self, module: nn.Module, _inputs: Any) -> None:
-        if not _compiling():  # traced by torch.compile: nothing of this goes into a graph
+        # traced by torch.compile: nothing of this goes into a graph; a validation forward's
+        # calls are not counted, so it does not count as having run either
+        if not _compiling() and (torch.is_grad_enabled() or module.training):
             self._seen.add(id(module))
 
     def _owner(self, caller: Any) -> Optional[Tuple[nn.Module, str]]:
