@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
+from scalewatch.callbacks.logger_sinks import MetricsFn, MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.mlflow_sink import ALERT_TAG, ALERTS_TAG, TAG_CHARS
 from scalewatch.monitor.saturation import Alert
 
@@ -47,12 +47,15 @@ class RunSink(ScaleSink):
             logger's own path so that its prefix and step apply as for every other metric.
         plot: whether the final plot goes to the run (``False`` where the door sends it itself).
         log_dir: the watcher's log directory (its history, for trackers that keep a copy).
+
+    Raises:
+        ValueError: ``run`` is ``None`` (the tracker's run has not started).
     """
 
     tracker = "tracker"
 
-    def __init__(self, run: Any, log_metrics: Optional[Callable[[Dict[str, float], int], None]] = None,
-                 plot: bool = True, log_dir: Optional[str] = None) -> None:
+    def __init__(self, run: Any, log_metrics: Optional[MetricsFn] = None, plot: bool = True,
+                 log_dir: Optional[str] = None) -> None:
         if run is None:
             raise ValueError(f"{type(self).__name__} needs a started {self.tracker} run, got None")
         self.run, self._log_metrics, self.plot, self.log_dir = run, log_metrics, plot, log_dir
@@ -109,6 +112,11 @@ def run_sink(tracker: Any, metrics: Optional[ScaleSink] = None, log_dir: Optiona
         metrics: the door's own path for the values (they go through it); ``None`` for mmengine's
             backends, which LoggerHook gives the values and the visualizer the plot image.
         log_dir: the watcher's log directory.
+
+    Example::
+
+        logger = CometLogger(project="clip")  # COMET_START_ONLINE=false: an OfflineExperiment
+        sink = run_sink(logger, MetricsSink(logger), "runs/clip")  # a CometSink; None for a CSVLogger
     """
     kind, name = _kind(tracker), type(tracker).__name__
     package = kind.split(".")[0]
