@@ -1,17 +1,20 @@
-"""Trackers handed to a door as plain objects (Ignite's loggers, an MLflow run, Comet, DVCLive, ClearML) as sinks.
+"""Trackers handed to a door as plain objects (Ignite's loggers, an MLflow run, other trackers' runs) as sinks.
 
 Recognised by their module and class, so nothing here imports a tracker that is not in use:
 Ignite's ``TensorboardLogger`` (its ``SummaryWriter``), ``WandBLogger`` (its W&B run) and
-``MLflowLogger`` (the fluent API's active run); a :class:`ScaleSink` as it is; anything else
-with ``log_metrics(metrics, step)`` as a :class:`MetricsSink`.
+``MLflowLogger`` (the fluent API's active run); a ``trackio.Run`` (``trackio.init``'s) as a
+``TrackioSink``; a :class:`ScaleSink` as it is; anything else with ``log_metrics(metrics, step)``
+as a :class:`MetricsSink`.
 
-A door's Comet, DVCLive or ClearML logger (:func:`run_sink`: Lightning's ``CometLogger`` and
-DVCLive's ``DVCLiveLogger``, HF's ``CometCallback``, ``DVCLiveCallback`` and ``ClearMLCallback``,
-mmengine's ``DVCLiveVisBackend`` and ``ClearMLVisBackend``) becomes a :class:`RunSink`: the keys
-through the door's own path, the alerts on the run as MLflow's tags are (``scalewatch.alerts`` and
-``scalewatch.alert.KIND``), the final plot as the run's image. Unlike MLflow's client, these three
-trackers already hand what they are given to a thread of their own (Comet's streamer, ClearML's
-reporter) or write a local file (DVCLive), so their sinks call them directly.
+A door's Comet, DVCLive, ClearML, Aim or trackio logger (:func:`run_sink`: Lightning's ``CometLogger``,
+DVCLive's ``DVCLiveLogger`` and Aim's ``AimLogger``, HF's ``CometCallback``, ``DVCLiveCallback``,
+``ClearMLCallback`` and ``TrackioCallback``, mmengine's ``DVCLiveVisBackend``, ``ClearMLVisBackend``
+and ``AimVisBackend``) becomes a :class:`RunSink`: the keys through the door's own path (trackio:
+straight to its run at the reading step), the alerts on the run as MLflow's tags are
+(``scalewatch.alerts`` and ``scalewatch.alert.KIND``; trackio: its own alerts), the final plot as the
+run's image. Unlike MLflow's client, these trackers already hand what they are given to a thread of
+their own (Comet's streamer, ClearML's reporter, trackio's sender) or write a local file (DVCLive,
+Aim's repository), so their sinks call them directly.
 """
 from __future__ import annotations
 
@@ -35,14 +38,15 @@ def _is_ignite_mlflow(logger: Any) -> bool:
 
 
 class RunSink(ScaleSink):
-    """A tracker's run: what every Comet, DVCLive and ClearML sink shares.
+    """A tracker's run: what every Comet, DVCLive, ClearML, Aim and trackio sink shares.
 
     Subclasses say how the run takes values (:meth:`send_metrics`), an alert and its tags
     (:meth:`send_alert`), the final plot (:meth:`send_plot`) and the end (:meth:`send_end`).
     Every call is guarded: a tracker never ends training.
 
     Args:
-        run: the tracker's run object (a Comet experiment, a DVCLive ``Live``, a ClearML ``Task``).
+        run: the tracker's run object (a Comet experiment, a DVCLive ``Live``, a ClearML ``Task``, an Aim
+            or a trackio ``Run``).
         log_metrics: how values are logged; default :meth:`send_metrics`. A door passes its
             logger's own path so that its prefix and step apply as for every other metric.
         plot: whether the final plot goes to the run (``False`` where the door sends it itself).
@@ -104,7 +108,7 @@ class RunSink(ScaleSink):
 
 
 def run_sink(tracker: Any, metrics: Optional[ScaleSink] = None, log_dir: Optional[str] = None) -> Optional[RunSink]:
-    """A door's Comet, DVCLive or ClearML logger as a :class:`RunSink`; ``None`` for anything else
+    """A door's Comet, DVCLive, ClearML, Aim or trackio logger as a :class:`RunSink`; ``None`` for anything else
     (or a logger whose run has not started).
 
     Args:
@@ -138,6 +142,17 @@ def run_sink(tracker: Any, metrics: Optional[ScaleSink] = None, log_dir: Optiona
             tracker.experiment  # noqa: B018 - starts its task if it has not yet
         run = getattr(tracker, "_clearml_task" if name == "ClearMLCallback" else "_task", None)
         return ClearmlSink(run, send, plot=metrics is not None, log_dir=log_dir) if run is not None else None
+    if (package == "aim" and name == "AimLogger") or name == "AimVisBackend":
+        from scalewatch.callbacks.aim_sink import AimSink
+
+        return AimSink(tracker.experiment, send, plot=metrics is not None, log_dir=log_dir)
+    if name == "TrackioCallback":
+        from scalewatch.callbacks.trackio_sink import TrackioSink
+
+        # it holds no run: trackio's current one is its run (None before its set-up); the keys go
+        # straight to the run at the reading step (HF's on_log renames them and drops the step)
+        run = tracker._trackio.context_vars.current_run.get()
+        return TrackioSink(run, log_dir=log_dir) if run is not None else None
     return None
 
 
@@ -177,6 +192,10 @@ def tracker_sink(logger: Any, log_dir: Optional[str] = None) -> ScaleSink:
         return TensorBoardSink(logger.writer)
     if kind.startswith("ignite.") and type(logger).__name__ == "WandBLogger":
         return WandbSink(logger._wandb.run)
+    if kind.startswith("trackio.") and type(logger).__name__ == "Run":  # trackio.init's: log(), no log_metrics()
+        from scalewatch.callbacks.trackio_sink import TrackioSink
+
+        return TrackioSink(logger, log_dir=log_dir)
     if _is_ignite_mlflow(logger):
         from scalewatch.callbacks.mlflow_sink import active_run_sink
 

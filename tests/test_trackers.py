@@ -1,10 +1,11 @@
-"""Comet (offline), DVCLive and ClearML (offline), for real: a short training through the door users
-use for each, read back from what the tracker wrote on disk: the keys at the reading steps, the
-plot image, the alerts.
+"""Comet (offline), DVCLive, ClearML (offline), trackio and Aim (local), for real: a short training
+through the door users use for each, read back from what the tracker wrote on disk: the keys at the
+reading steps, the plot image, the alerts.
 
 Lightning's ``CometLogger`` with ``COMET_START_ONLINE=false`` (its ``OfflineExperiment`` zip),
 DVCLive's own Lightning ``DVCLiveLogger`` (its ``plots/`` and ``params.yaml``), HF
-``report_to=["clearml"]`` under ``CLEARML_OFFLINE_MODE=1`` (its offline session folder).
+``report_to=["clearml"]`` under ``CLEARML_OFFLINE_MODE=1`` (its offline session folder), HF
+``report_to=["trackio"]`` (its sqlite file and media), Aim's Lightning ``AimLogger`` (its repository).
 """
 from __future__ import annotations
 
@@ -194,3 +195,128 @@ def test_clearml_offline_keys_plot_alerts(clearml_run: Dict[str, Any]) -> None:
     assert_alert_tags(params, records)
     assert set(task["hyperparams"]) - {"scalewatch"}, "the trainer's own parameters are kept"
     assert any("pinned at its bound" in e.get("msg", "") and e["level"] == "warning" for e in clearml_run["log"])
+
+
+# ---- trackio (local sqlite) through HF report_to -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trackio_run(tmp_path_factory: Any) -> Dict[str, Any]:
+    pytest.importorskip("transformers")
+    import sqlite3
+
+    root = tmp_path_factory.mktemp("trackio")
+    # TRACKIO_DIR counts only at trackio's first import: read back from wherever trackio writes, in a
+    # project of this run's own (trackio resumes a run of the same name)
+    project = f"scalewatch-test-{root.name}"
+    with environment(TRACKIO_DIR=str(root / "trackio"), HF_HUB_OFFLINE="1"):
+        pytest.importorskip("trackio")
+        from hf_models import hf_trainer
+        from scalewatch.callbacks.hf import ScaleMonitorCallback
+
+        monitor = ScaleMonitorCallback(notify=[])
+        hf_trainer(root / "out", [monitor], report_to=("trackio",), max_steps=30, project=project,
+                   run_name="hf").train()  # TrackioCallback finishes the run
+        from trackio import utils
+        from trackio.sqlite_storage import SQLiteStorage
+
+        db = SQLiteStorage.get_project_db_path(project)
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("select step, metrics from metrics where run_name = 'hf' order by id").fetchall()
+        alerts = con.execute("select title, text, level, step from alerts where run_name = 'hf'").fetchall()
+    return dict(rows=[(step, json.loads(values)) for step, values in rows], alerts=alerts, project=project, db=db,
+                media=utils.MEDIA_DIR, records=history(monitor.log_dir))
+
+
+def test_trackio_keys_plot_alerts(trackio_run: Dict[str, Any]) -> None:
+    from scalewatch.callbacks.trackio_sink import IMAGE_KEY
+
+    rows, records = trackio_run["rows"], trackio_run["records"]
+    scales = [(step, values[SCALE_KEY]) for step, values in rows if SCALE_KEY in values]
+    assert [step for step, _ in scales] == [r["step"] for r in records] == list(range(5, 31, 5))
+    assert [value for _, value in scales] == pytest.approx([r["scale"] for r in records])
+    images = [values[IMAGE_KEY] for _, values in rows if IMAGE_KEY in values]
+    assert len(images) == 1 and images[0]["_type"] == "trackio.image"
+    with open(os.path.join(trackio_run["media"], images[0]["file_path"]), "rb") as f:
+        assert f.read(4) == PNG
+    step = first_pinned(records)
+    pinned = [a for a in trackio_run["alerts"] if a[0] == "scalewatch.alert.pinned"]
+    assert pinned and pinned[0][1].startswith(f"{GEN}@{step}: ") and pinned[0][3] == step
+    assert "pinned at its bound" in pinned[0][1] and pinned[0][2] == "warn"
+    assert any(a[0] == "scalewatch.alert.near_upper" for a in trackio_run["alerts"])
+
+
+# ---- Aim (a local repository) through its Lightning AimLogger -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def aim_run(tmp_path_factory: Any) -> Dict[str, Any]:
+    pytest.importorskip("aim")
+    import lightning.pytorch as lp
+    from aim import Repo
+    from aim.pytorch_lightning import AimLogger
+    from aim.sdk.index_manager import RepoIndexManager
+    from aim.storage.context import Context
+
+    from models import modules_for
+    from scalewatch.callbacks import ScaleMonitor
+    from scalewatch.callbacks.aim_sink import IMAGE_NAME
+
+    root = tmp_path_factory.mktemp("aim")
+    logger = AimLogger(repo=str(root), experiment="scalewatch-test", system_tracking_interval=None,
+                       log_system_params=False, capture_terminal_logs=False)
+    monitor = ScaleMonitor(every_n_steps=4, notify=[])
+    trainer = lp.Trainer(max_steps=24, logger=logger, log_every_n_steps=4, default_root_dir=str(root / "root"),
+                         callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(modules_for("lightning.pytorch")[0](lr=0.5))
+    run_hash = logger.experiment.hash
+    logger.finalize("success")  # closes the run
+    repo = Repo(str(root))
+    # a closed run's metadata is read through the repository's index, which `aim up` would update
+    RepoIndexManager.get_index_manager(repo).index(run_hash)
+    run = Repo(str(root)).get_run(run_hash)
+    metric = next(m for m in run.metrics() if m.name == SCALE_KEY)
+    images = run.get_image_sequence(IMAGE_NAME, Context({}))
+    points = sorted((step, value) for step, (value, *_) in metric.data.items())  # step -> (value, epoch, time)
+    return dict(steps=[step for step, _ in points], values=[value for _, value in points], run=run,
+                images=[image.to_pil_image() for image in images.values.values_list()] if images else [],
+                warnings=[record.message for record in run.get_log_records().values.values_list()],
+                records=history(monitor.log_dir))
+
+
+def test_aim_keys_plot_alerts(aim_run: Dict[str, Any]) -> None:
+    run, records = aim_run["run"], aim_run["records"]
+    assert aim_run["steps"] == [r["step"] for r in records] == list(range(3, 24, 4))
+    assert aim_run["values"] == pytest.approx([r["scale"] for r in records])
+    assert len(aim_run["images"]) == 1 and aim_run["images"][0].width > 100
+    tags = {key: run.get(key) for key in ("scalewatch.alerts", "scalewatch.alert.pinned",
+                                          "scalewatch.alert.pinned.last", "scalewatch.alert.near_upper")}
+    assert_alert_tags(tags, records)
+    assert "scalewatch:pinned" in run.props.tags
+    assert any("pinned at its bound" in message for message in aim_run["warnings"])
+
+
+def test_trackio_run_as_an_ignite_logger(trackio_run: Dict[str, Any], tmp_path: Any) -> None:
+    """``trackio.init``'s run handed to the Ignite door as a plain logger (it has ``log``, no ``log_metrics``)."""
+    pytest.importorskip("ignite")
+    import sqlite3
+
+    import trackio
+    from test_ignite_door import GEN as IGNITE_GEN, setup
+
+    from scalewatch.callbacks import ScaleMonitorHandler
+
+    model, opt, trainer, data = setup()
+    run = trackio.init(project=trackio_run["project"], name="ignite", auto_log_cpu=False)
+    ScaleMonitorHandler(model, opt, log_dir=str(tmp_path), every_n_steps=8, notify=[], loggers=[run]).attach(trainer)
+    trainer.run(data, max_epochs=1)
+    trackio.finish()
+    with contextlib.closing(sqlite3.connect(trackio_run["db"])) as con:
+        rows = [(step, json.loads(values)) for step, values in
+                con.execute("select step, metrics from metrics where run_name = 'ignite' order by id")]
+        titles = {title for title, in con.execute("select title from alerts where run_name = 'ignite'")}
+    key = f"scalewatch/{IGNITE_GEN}/scale"
+    assert [step for step, values in rows if key in values] == [r["step"] for r in history(str(tmp_path))] \
+        == [8, 16, 24, 32, 40]
+    assert "scalewatch.alert.pinned" in titles
