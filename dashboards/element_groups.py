@@ -28,7 +28,7 @@ class ElementGroup(ScaleBounds):
     def of(cls: type, name: str, elements: Sequence[Any]) -> Any:
         first = elements[0]
         return cls(name=name, min=first.min, max=first.max, warn_fraction=first.warn_fraction, bound=first.bound,
-                   display=first.display, elements=list(elements))
+                   display=first.display, attention=first.attention, elements=list(elements))
 
     @property
     def element_count(self) -> int:

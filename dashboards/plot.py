@@ -272,13 +272,24 @@ def _band_members(n: int, named: int) -> str:
     return f"all {n} elements" if named == 0 or named == n else f"the other {n - named} elements"
 
 
+#: what an attention statistic's panel shows, on its y axis
+ATTENTION_LABELS = {"max_logit": "max |logit|", "entropy": "row entropy (nats)", "saturated": "rows with p > 0.99"}
+
+
+def _value_label(b: ScaleBounds) -> str:
+    """The y axis: the scale (as shown), or the softmax statistic an attention record holds."""
+    if b.attention is not None:
+        return ATTENTION_LABELS.get(b.attention, b.attention)
+    return "scale" if b.display == IDENTITY else f"{b.display}(scale)"
+
+
 def _finish_panel(ax: Axes, b: ScaleBounds, shown: np.ndarray, head: str) -> None:
     """Y range, title (with the range and display), axis label, grid, legend."""
     lo_hi = shown_values(b, np.array([b.min, b.max]))
     _y_range(ax, shown[np.isfinite(shown)], float(lo_hi[1] - lo_hi[0]))
     shown_as = "" if b.display == IDENTITY else f"   ({b.display} shown)"
     ax.set_title(f"{head}   range {b.range_text()}{shown_as}", fontsize=10, loc="left")
-    ax.set_ylabel("scale" if b.display == IDENTITY else f"{b.display}(scale)")
+    ax.set_ylabel(_value_label(b))
     ax.grid(alpha=0.3)
     _legend(ax)
 
@@ -307,7 +318,8 @@ def _bound_lines(ax: Axes, s: ScaleBounds) -> None:
     labels give the raw value too.
     """
     if s.display == IDENTITY:
-        lines = [(s.max, dict(color="red", ls="--", lw=1.2), f"max_scale = {s.max:g}"),
+        top = "threshold" if s.attention is not None else "max_scale"  # max_logit's bound is its threshold
+        lines = [(s.max, dict(color="red", ls="--", lw=1.2), f"{top} = {s.max:g}"),
                  (s.min, dict(color="darkred", ls="--", lw=1.2), f"min_scale = {s.min:g}"),
                  (s.upper_warning, dict(color="goldenrod", ls=":", lw=1.3),
                   f"near_upper above {s.warn_fraction:g} x max = {s.upper_warning:.3g}"),

@@ -51,6 +51,8 @@ class ScaleBounds:
     display: str = IDENTITY
     #: a summarised tensor read back from a logger: the element count its summary logged (else 0)
     logged_elements: int = 0
+    #: the softmax statistic the series is (``max_logit``, ``entropy``, ``saturated``), for attention records
+    attention: Optional[str] = None
 
     def take_bounds(self, record: Dict[str, Any]) -> None:
         """Copy a record's bounds, warn fraction and bound kind (kept when absent), tensor and display."""
@@ -60,6 +62,7 @@ class ScaleBounds:
         self.bound = record.get("bound") or self.bound
         self.tensor, self.index = record.get("tensor"), record.get("index")
         self.display = record.get("display") or IDENTITY
+        self.attention = record.get("attention")
         logged = record.get("summary")
         if logged:
             self.logged_elements = int(logged.get("elements", 0))

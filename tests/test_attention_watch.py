@@ -623,6 +623,9 @@ def test_the_plot_draws_no_gradient_strip_for_attention(tmp_path: Any) -> None:
         strips = [ax for ax in fig.axes if "gradient" in ax.get_ylabel()]
         texts = [t.get_text() for ax in strips for t in ax.texts]
         height = fig.get_size_inches()[1]
+        # each panel names what it shows: the scale, or the statistic (and max_logit's bound is a threshold)
+        labels = [ax.get_ylabel() for ax in fig.axes if ax not in strips]
+        legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     finally:
         import matplotlib.pyplot as plt
 
@@ -630,6 +633,8 @@ def test_the_plot_draws_no_gradient_strip_for_attention(tmp_path: Any) -> None:
     panels = len(fig.axes) - len(strips)
     assert panels == 1 + 3, [ax.get_title() for ax in fig.axes]  # the bias scale and the three statistics
     assert len(strips) == 1 and "no gradient readings" not in texts  # under the scale only: no empty strip
+    assert labels == ["scale", "max |logit|", "row entropy (nats)", "rows with p > 0.99"], labels
+    assert "threshold = 100" in legends and "max_scale = 100" not in legends, legends
     png = imread(os.path.join(tmp_path, "scale_history.png"))
     assert png.shape[0] == round(height * 110)  # the written PNG has this layout (dpi 110): no strip's height
     assert not never_had_gradient(watcher_series_of(watcher.history_path, "attention_bias"))

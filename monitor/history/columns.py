@@ -212,7 +212,8 @@ class HistoryColumns:
             s = self._new_series(name=name, min=float(latest["min"]), max=float(latest["max"]),
                                  warn_fraction=float(latest[WARN_FRACTION]), bound=str(latest["bound"]),
                                  tensor=last.get("tensor"), index=last.get("index"),
-                                 display=last.get("display") or IDENTITY, alerts=alerts.get(name, []),
+                                 display=last.get("display") or IDENTITY, attention=last.get("attention"),
+                                 alerts=alerts.get(name, []),
                                  bound_changes=_changes(mine["min"], mine["max"], mine[WARN_FRACTION]), **cols)
             s.last_raw, s.last_grad = (_float(last.get(c)) for c in ("raw", "grad"))
             # as ScaleSeries.add keeps them: which readings had no gradient (grad null), and which
