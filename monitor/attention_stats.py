@@ -155,6 +155,24 @@ def _masked_fill_value(mask: Tensor) -> Tensor:
     return mask <= torch.finfo(mask.dtype).min / 2
 
 
+def _apply_mask(logits: Tensor, mask: Tensor) -> Tensor:
+    """Apply SDPA's ``attn_mask`` to ``logits`` as SDPA does; the keys it hides (``True`` = hidden).
+
+    A bool mask says which keys take part; a float one is added to the logits (in place), and the
+    keys it hides are where it holds ``-inf`` or a value as low (:func:`_masked_fill_value`).
+    """
+    if mask.dtype == torch.bool:
+        return ~mask
+    logits += mask
+    return _masked_fill_value(mask)
+
+
+def _or_above_diagonal(invalid: Optional[Tensor], keys: int, start: int, stop: int, device: torch.device) -> Tensor:
+    """``invalid`` with the keys after each query hidden too (``is_causal``), for query rows ``start:stop``."""
+    above = torch.arange(keys, device=device) > torch.arange(start, stop, device=device).unsqueeze(-1)
+    return above if invalid is None else invalid | above
+
+
 def _chunk_shape(batch: int, heads: int, queries: int, keys: int, budget: int) -> Tuple[int, int, int]:
     """(batch, heads, queries) of a chunk whose logits fit ``budget`` bytes (at least one row)."""
     rows = max(1, budget // (BYTES_PER_LOGIT * max(keys, 1)))
@@ -251,18 +269,9 @@ def _sdpa(q: Tensor, k: Tensor, mask: Optional[Tensor], is_causal: bool, scale: 
         # scale * q @ k^T as one batched matmul ([b * h] matrices: views of the usual layouts)
         x = torch.baddbmm(qc.new_empty(()), qc.reshape(-1, *qc.shape[-2:]), kt.reshape(-1, *kt.shape[-2:]),
                           beta=0.0, alpha=scale).view(*qc.shape[:-1], keys)
-        invalid: Optional[Tensor] = None
-        if full is not None:
-            m = full[bs, hs, ls]
-            if m.dtype == torch.bool:
-                invalid = ~m
-            else:
-                x += m
-                invalid = _masked_fill_value(m)
+        invalid = None if full is None else _apply_mask(x, full[bs, hs, ls])
         if is_causal:
-            above = (torch.arange(keys, device=x.device)
-                     > torch.arange(ls.start, ls.stop, device=x.device).unsqueeze(-1))
-            invalid = above if invalid is None else invalid | above
+            invalid = _or_above_diagonal(invalid, keys, ls.start, ls.stop, x.device)
         if total is None:  # one chunk holds it all
             return _chunk(x, invalid)
         total.add_(_chunk(x, invalid), hs)
@@ -352,14 +361,9 @@ def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional
                 m = _align(first, 4).unsqueeze(0)
             else:
                 m = torch.stack([_align(m, 4) for m in masks])
-            if m.dtype == torch.bool:
-                invalid = ~m
-            else:
-                x += m
-                invalid = _masked_fill_value(m)
+            invalid = _apply_mask(x, m)
         if is_causal:
-            above = torch.arange(s, device=x.device) > torch.arange(l, device=x.device).unsqueeze(-1)
-            invalid = above if invalid is None else invalid | above
+            invalid = _or_above_diagonal(invalid, s, 0, l, x.device)
         return _stacked_chunk(x, invalid)
 
 
