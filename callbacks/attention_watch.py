@@ -95,6 +95,7 @@ class AttentionStat(WatchedScale):
     """
 
     statistic: str = ""
+    effective_is_raw = True
 
     def effective(self) -> Tensor:
         return self.raw

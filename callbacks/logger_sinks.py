@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from scalewatch.callbacks.tensorboard_crc import use_c_crc32c
 from scalewatch.dashboards import tensorboard_layout, wandb_charts
 from scalewatch.dashboards.tensor_series import TensorSeries
-from scalewatch.monitor.history.keys import PLOT_TAG
+from scalewatch.monitor.history.keys import PLOT_TAG, CheckMetrics
 from scalewatch.monitor.saturation import Alert
 
 log = logging.getLogger("scalewatch")
@@ -38,6 +38,11 @@ class ScaleSink:
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         """One check's ``scalewatch/NAME/FIELD`` values at ``step``."""
+
+    def log_check(self, metrics: CheckMetrics, step: int) -> None:
+        """What the engine calls with a check's values: :meth:`log_metrics` of their dict, unless
+        a sink can use the arrays themselves (TensorBoard's event is made from them)."""
+        self.log_metrics(metrics.as_dict(), step)
 
     def alert(self, alert: Alert) -> None:
         """One alert, on rank zero."""
@@ -81,6 +86,14 @@ class TensorBoardSink(ScaleSink):
     def start(self, names: Sequence[str], summarised: Sequence[str] = ()) -> None:
         tensorboard_layout.write_margin_layout(self.writer, names, summarised)
 
+    def log_check(self, metrics: CheckMetrics, step: int) -> None:
+        write = tensorboard_layout.event_bytes_writer(self.writer)
+        if write is None:
+            self.log_metrics(metrics.as_dict(), step)
+            return
+        write(tensorboard_layout.scalars_event_bytes(metrics, step, time.time()))
+        self._flush_if_due()
+
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         file_writer = getattr(self.writer, "_get_file_writer", None)
         if file_writer is not None:
@@ -90,6 +103,9 @@ class TensorBoardSink(ScaleSink):
         else:
             for tag, value in metrics.items():
                 self.writer.add_scalar(tag, value, global_step=step)
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
         if time.monotonic() - self._last_flush >= TENSORBOARD_FLUSH_SECS:
             # SummaryWriter flushes every 120 s by default; flush after checks (at most every
             # few seconds: it waits on the writer thread) so the live view follows training.

@@ -26,7 +26,7 @@ from scalewatch.dashboards.filenames import PLOT_FILENAME
 from scalewatch.monitor.history import HISTORY_FILENAME
 from scalewatch.monitor.check_columns import CheckColumns, ScaleLayout
 from scalewatch.monitor.gc_pause import gc_paused
-from scalewatch.monitor.history.keys import column_metrics, metric_key, reading_metrics  # noqa: F401 (importable here)
+from scalewatch.monitor.history.keys import check_metrics, column_metrics, metric_key, reading_metrics  # noqa: F401 (importable here)
 from scalewatch.monitor.reading import Reading
 from scalewatch.monitor.rules import (DEFAULT_MAX_PLOT_PANELS, DEFAULT_PATIENCE, DEFAULT_WARN_FRACTION, SKIPPED_STEP,
                                       condition_columns)
@@ -609,9 +609,9 @@ class ScaleWatcher:
     def _record(self, step: int, columns: CheckColumns, alerts: List[Alert],
                 summaries: Optional[SummaryColumns] = None, skipped_step: bool = False) -> None:
         if self.sinks:
-            metrics = column_metrics(columns, summaries)
+            metrics = check_metrics(columns, summaries)
             for sink in self.sinks:
-                sink.log_metrics(metrics, step)
+                sink.log_check(metrics, step)
         if self.history is not None:
             fired: Dict[str, List[str]] = {}
             for a in alerts:

@@ -54,19 +54,69 @@ def scalars_event(metrics: Dict[str, float]) -> Any:
     return Event.FromString(b"\x2a" + _varint(len(summary)) + summary)  # Event.summary: field 5
 
 
+def scalars_event_bytes(metrics: Any, step: int, wall_time: float) -> bytes:
+    """The wire bytes of the ``Event`` that ``FileWriter.add_event(scalars_event(...), step)`` writes,
+    made from a check's :class:`~scalewatch.monitor.history.keys.CheckMetrics` without protobuf:
+    the template is looked up by the metrics' signature (no hashing of thousands of tags) and the
+    event is neither parsed nor serialised again.
+
+    ``Event`` fields, in the order protobuf writes them: ``wall_time`` (1, a double),
+    ``step`` (2, an int64 varint), ``summary`` (5, length-delimited).
+    """
+    import numpy as np
+
+    template = _TEMPLATES.get(metrics.signature)
+    if template is None:
+        template = _keep_template(metrics.signature, tuple(metrics.keys.tolist()))
+    summary = _fill(template, metrics.values)
+    head = b"\x09" + np.float64(wall_time).astype("<f8").tobytes()
+    if step:  # proto3 leaves a zero step out
+        head += b"\x10" + _varint(int(step) & 0xFFFFFFFFFFFFFFFF)  # a negative int64 is its 10-byte two's complement
+    return head + b"\x2a" + _varint(len(summary)) + summary
+
+
+def event_bytes_writer(writer: Any) -> Any:
+    """The callable that queues an event's wire bytes in ``writer``'s event file, or ``None``.
+
+    A ``torch.utils.tensorboard.SummaryWriter`` writes through TensorBoard's
+    ``EventFileWriter``, whose ``add_event`` only serialises the event and queues the
+    bytes for its writer thread; made here, they go to that queue directly. Any other
+    writer (tensorboardX, a writer of another version without that queue) gets ``None``
+    and the caller logs the values its own way.
+    """
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:
+        return None
+    queue = getattr(getattr(get_file_writer(), "event_writer", None), "_async_writer", None)
+    write = getattr(queue, "write", None)
+    return write if callable(write) else None
+
+
 def _summary_bytes(metrics: Dict[str, float]) -> bytes:
     import numpy as np
 
     tags = tuple(metrics)
     template = _TEMPLATES.get(tags)
     if template is None:
-        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[tags] = _summary_template(tags)
+        template = _keep_template(tags, tags)
+    return _fill(template, np.fromiter(metrics.values(), dtype=np.float64, count=len(tags)))
+
+
+def _keep_template(key: Any, tags: Sequence[str]) -> Any:
+    if len(_TEMPLATES) >= _TEMPLATES_KEPT:
+        _TEMPLATES.clear()
+    template = _TEMPLATES[key] = _summary_template(tags)
+    return template
+
+
+def _fill(template: Any, values: Any) -> bytes:
+    """The template's bytes with ``values`` as its float32 ``simple_value``s."""
+    import numpy as np
+
     buffer, slots = template
     data = buffer.copy()
     with np.errstate(over="ignore"):  # beyond float32's range is inf, as protobuf's own cast gives
-        data[slots] = np.fromiter(metrics.values(), dtype="<f4", count=len(tags)).view(np.uint8)
+        data[slots] = np.asarray(values, dtype="<f4").view(np.uint8)
     return data.tobytes()
 
 

@@ -10,6 +10,7 @@ display units) is worked out once, in :class:`ScaleLayout`; a check carries only
 """
 from __future__ import annotations
 
+from itertools import count
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,9 @@ from scalewatch.monitor.reading import Reading, reading_from_values
 
 def _nan_for_none(values: Sequence[Optional[float]]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+_SERIALS = count()
 
 
 class ScaleLayout:
@@ -65,6 +69,8 @@ class ScaleLayout:
         self._row: Optional[Dict[str, int]] = None
         self._keys: Dict[str, np.ndarray] = {}
         self.cache: Dict[str, Any] = {}  # for encoders that keep per-watch text (the history lines)
+        #: unique for the process's life (an id() may be reused once a layout is gone): names this layout's keys
+        self.serial = next(_SERIALS)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from itertools import repeat
 from operator import attrgetter, is_not
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from scalewatch.monitor.watched_scale import WatchedScale
 
 
 _GRAD = attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
 _CLAMP_FRACTION = attrgetter("clamp_fraction")
 
 
@@ -110,6 +111,29 @@ class _FastGather:
         self.device = self.raws[0].device
         self.all_scalar = all(r.dim() == 0 for r in self.raws)
         self.slots: Dict[Tuple[bytes, bytes], List[tuple]] = {}
+        # single values on the CPU, plain tensors: read in place through numpy views (see raws_on_host)
+        self.in_place = self.all_scalar and self.device.type == "cpu" and all(
+            type(r) in (torch.Tensor, torch.nn.Parameter) for r in self.raws)
+        self.views: List[np.ndarray] = []
+        self.addresses: List[int] = []
+
+    def raws_on_host(self) -> Optional[np.ndarray]:
+        """The raw values, read where they lie; None unless :attr:`in_place`.
+
+        A numpy view of each 0-dim CPU parameter is made once and kept: reading a
+        thousand of them is one ``np.array`` call (~0.1 ms) where stacking them costs
+        ~1 ms, a C++ view and a dispatch per tensor. Each check compares the
+        parameters' data addresses with the views' (a ``p.data = ...`` or ``set_`` moves
+        them) and makes new views if one moved; the views keep the storage they show
+        alive, so an address is never reused behind them.
+        """
+        if not self.in_place:
+            return None
+        addresses = list(map(_DATA_PTR, self.raws))
+        if addresses != self.addresses:
+            self.views = [r.numpy(force=True) for r in self.raws]  # (force: a parameter, detached)
+            self.addresses = addresses
+        return np.array(self.views, dtype=np.float32)
 
     @staticmethod
     def eligible(scales: Sequence[WatchedScale]) -> bool:
@@ -154,16 +178,19 @@ def _gather_fast(scales: Sequence[WatchedScale],
     if not recipe.all_scalar and not all(f.dim() == 0 and f.device == device for f in present_f):
         return None
     present_g = grads if all(has_grad) else [g for g in grads if g is not None]
-    parts = [*recipe.raws, *present_g, *present_f]
+    raws = recipe.raws_on_host()
+    parts = [*present_g, *present_f] if raws is not None else [*recipe.raws, *present_g, *present_f]
     with torch.no_grad():
-        if recipe.all_scalar:
+        if not parts:
+            host = raws
+        elif recipe.all_scalar:
             try:
                 joined = torch.stack(parts)
             except RuntimeError:  # a fraction of another shape or on another device
                 return None
+            host = joined.cpu().numpy() if raws is None else np.concatenate((raws, joined.cpu().numpy()))
         else:
-            joined = _flatten_dense_tensors(parts)
-        host = joined.cpu().numpy()
+            host = _flatten_dense_tensors(parts).cpu().numpy()
     if host.dtype != np.float32:
         host = host.astype(np.float32)
     slots = recipe.slots_for(has_grad, has_fraction)
@@ -190,7 +217,9 @@ def _gather(scales: Sequence[WatchedScale]) -> Tuple[np.ndarray, List[tuple], Di
             parts.append(_float32(raw))
             at += n
             eff_at = grad_at = frac_at = None
-            if not _clamped_raw(s):
+            if s.effective_is_raw:  # (an attention statistic) its raw values are its values: read once
+                eff_at = raw_at
+            elif not _clamped_raw(s):
                 eff = s.effective()
                 _check_size(s, "effective()", eff, n)
                 parts.append(_float32(eff))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,8 @@ class WatchedScale:
     attr: Optional[str] = field(default=None, repr=False)
     shape: Optional[Tuple[int, ...]] = None
     _element_names: Optional[List[str]] = field(default=None, init=False, repr=False)
+    #: the effective value is the raw tensor itself (no clamp, no transform): a reader takes it once
+    effective_is_raw: ClassVar[bool] = False
 
     @property
     def numel(self) -> int:

@@ -387,6 +387,82 @@ def test_the_columns_give_the_lines_keys_and_tensorboard_bytes_the_readings_give
     assert scalars_event(metrics).summary == reference
 
 
+def test_the_in_place_cpu_read_follows_each_parameter_wherever_its_storage_goes() -> None:
+    """0-dim CPU scales are read through numpy views kept from check to check: an in-place update,
+    a ``p.data = ...`` and a ``set_`` (the storage moved) are all seen, gradients present or not."""
+    from scalewatch.monitor import AttentionBiasGenerator
+    from scalewatch.monitor.check_columns import ScaleLayout
+    from scalewatch.monitor.scale_reader import read_columns
+    from scalewatch.monitor.watched_scale import find_bounded_scales
+
+    model = torch.nn.ModuleList(AttentionBiasGenerator(bias_scale=1.0 + i, min_scale=0.5, max_scale=5.0)
+                                for i in range(4))
+    scales = find_bounded_scales(model)
+    layout = ScaleLayout(scales)
+    raws = [g.raw_scale for g in model]
+
+    def check(step: int) -> None:
+        assert read_columns(scales, step, layout).readings() == read_scales_for(scales, step)
+
+    check(0)
+    assert layout.cache["fast_gather"].in_place  # the path under test was taken
+    for g in model:
+        g.track_clamp_fraction = True
+    sum(g(torch.rand(2, 3, 3) * 2 - 1).sum() for g in model).backward()
+    check(1)
+    with torch.no_grad():
+        raws[0].add_(0.25)                       # in place: the same storage
+        raws[1].data = torch.tensor(9.0)         # a new storage, clamped to 5 on the host
+        raws[2].set_(torch.tensor(0.125))        # set_: the storage swapped under the same tensor
+    raws[3].grad = None
+    check(2)
+    assert read_columns(scales, 3, layout).raw.tolist()[:3] == [1.25, 9.0, 0.125]
+
+
+def test_tensorboard_event_bytes_are_protobufs_own_for_every_check(tmp_path: Any) -> None:
+    """The event the TensorBoard sink queues is byte for byte ``Event(wall_time, step, summary)``
+    serialised by protobuf, for each set of keys a watch gives (a gradient missing changes them),
+    and TensorBoard reads every value back under its key."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scalewatch.callbacks.logger_sinks import TensorBoardSink
+    from scalewatch.dashboards.tensorboard_layout import event_bytes_writer, scalars_event_bytes, scalars_summary
+    from scalewatch.monitor.check_columns import ScaleLayout
+    from scalewatch.monitor.history.keys import check_metrics
+    from scalewatch.monitor.scale_reader import read_columns
+    from scalewatch.monitor.watched_scale import find_bounded_scales, watch_parameters
+    from tests.readback import tensorboard_scalars
+
+    model = _mixed_model()
+    scales = find_bounded_scales(model) + watch_parameters(model, {"temps": (-1.0, 1.0), "frozen": (0.0, 2.0)})
+    layout = ScaleLayout(scales)
+    writer = SummaryWriter(str(tmp_path))
+    assert event_bytes_writer(writer) is not None  # the direct path is the one under test
+    sink = TensorBoardSink(writer)
+    logged: Dict[int, Dict[str, float]] = {}
+    for step in (0, 1, 2, 3):
+        if step == 1:
+            (model.gen(torch.rand(3, 3)).sum() + model.temps.sum()).backward()
+        if step == 3:
+            for p in model.parameters():
+                p.grad = None
+        metrics = check_metrics(read_columns(scales, step, layout))
+        event = Event(wall_time=1.25e9, step=step, summary=scalars_summary(metrics.as_dict()))
+        assert scalars_event_bytes(metrics, step, 1.25e9) == event.SerializeToString()
+        sink.log_check(metrics, step)
+        logged[step] = metrics.as_dict()
+    assert scalars_event_bytes(metrics, -3, 2.5) == Event(wall_time=2.5, step=-3, summary=event.summary
+                                                           ).SerializeToString()
+    writer.close()
+    assert len({frozenset(m) for m in logged.values()}) == 2  # with and without gradients
+    for key in logged[1]:
+        want = [(step, m[key]) for step, m in logged.items() if key in m]
+        got = tensorboard_scalars(str(tmp_path), key)
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert np.allclose([v for _, v in got], np.float32([v for _, v in want]), equal_nan=True), key
+
+
 def read_scales_for(scales: Any, step: int) -> List[Reading]:
     """What each scale holds, read tensor by tensor (no gather, no host clamp): the reference."""
     out = []

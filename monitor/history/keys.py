@@ -133,41 +133,88 @@ def _add_summaries(metrics: Dict[str, float], summaries: Optional[Sequence[Tenso
                 metrics[prefix + field] = bound
 
 
-def column_metrics(columns: Any, summaries: Any = None) -> Dict[str, float]:
-    """:func:`reading_metrics` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
-    the same keys and values, field by field from the columns (keys worked out once per watch).
+class CheckMetrics:
+    """One check's logger values as two aligned arrays, what :func:`column_metrics` gives as a dict.
+
+    ``keys`` (an object array of ``scalewatch/NAME/FIELD``) and ``values`` (float64)
+    are in the dict's order. ``signature`` is equal for two checks whose keys are
+    equal (the same layouts' keys with the same rows present): a sink that keeps
+    per-key work from check to check (TensorBoard's wire template) looks it up by
+    the signature instead of comparing thousands of keys. :meth:`as_dict` is made
+    once, however many sinks ask.
+    """
+
+    __slots__ = ("keys", "values", "signature", "_dict")
+
+    def __init__(self, keys: Any, values: Any, signature: tuple) -> None:
+        self.keys, self.values, self.signature = keys, values, signature
+        self._dict: Optional[Dict[str, float]] = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def as_dict(self) -> Dict[str, float]:
+        if self._dict is None:
+            self._dict = dict(zip(self.keys.tolist(), self.values.tolist()))
+        return self._dict
+
+
+def check_metrics(columns: Any, summaries: Any = None) -> CheckMetrics:
+    """One check's :class:`~scalewatch.monitor.check_columns.CheckColumns` as :class:`CheckMetrics`:
+    the keys and values of :func:`reading_metrics`, field by field from the columns (keys worked out
+    once per watch, no Python object per value).
 
     ``summaries``: a :class:`~scalewatch.monitor.summary.SummaryColumns` (or a list of
     :class:`~scalewatch.monitor.summary.TensorSummary`) of the summarised tensors.
     """
+    import numpy as np
+
     layout = columns.layout
+    keys: List[Any] = []
+    values: List[Any] = []
+    signature: List[Any] = []
+
+    def put(group: bool, field: str, column: Any, present: Any, rows: Any = None) -> None:
+        if rows is not None:
+            present = rows if present is None else present & rows
+        if present is not None and present.all():
+            present = None
+        if present is not None and not present.any():
+            return
+        all_keys = layout.group_keys(field) if group else layout.keys(field)
+        keys.append(all_keys if present is None else all_keys[present])
+        values.append(column if present is None else column[present])
+        signature.append((group, field, None if present is None else present.tobytes()))
+
     rows = None if summaries is None else ~layout.is_element  # summarised: the elements are left out
     present = {"scale": None, "raw": None, "min": layout.has_lo, "max": layout.has_hi, "grad": columns.has_grad,
                "clamp_fraction": columns.has_fraction}
-    values = {"scale": columns.scale, "raw": columns.raw, "min": layout.lo, "max": layout.hi, "grad": columns.grad,
+    fields = {"scale": columns.scale, "raw": columns.raw, "min": layout.lo, "max": layout.hi, "grad": columns.grad,
               "clamp_fraction": columns.clamp_fraction}
-    metrics: Dict[str, float] = {}
     for field in READING_KEY_FIELDS:
-        _put(metrics, layout.keys(field), values[field], present[field], rows)
-    if summaries is None or isinstance(summaries, list):
-        _add_summaries(metrics, summaries)
-        return metrics
-    # per-tensor summaries as columns: one row per scale, keys worked out once per watch
-    starts, wanted = layout.group_starts, summaries.wanted
-    for field in SUMMARY_FIELDS:
-        _put(metrics, layout.group_keys(field), summaries.fields[field].astype(float), wanted)
-    for field, bounds, has in (("min", layout.lo, layout.has_lo), ("max", layout.hi, layout.has_hi)):
-        _put(metrics, layout.group_keys(field), bounds[starts], wanted & has[starts])
-    return metrics
+        put(False, field, fields[field], present[field], rows)
+    if summaries is not None and not isinstance(summaries, list):
+        # per-tensor summaries as columns: one row per scale, keys worked out once per watch
+        starts, wanted = layout.group_starts, summaries.wanted
+        for field in SUMMARY_FIELDS:
+            put(True, field, summaries.fields[field].astype(float), wanted)
+        for field, bounds, has in (("min", layout.lo, layout.has_lo), ("max", layout.hi, layout.has_hi)):
+            put(True, field, bounds[starts], wanted & has[starts])
+    elif summaries:
+        listed: Dict[str, float] = {}
+        _add_summaries(listed, summaries)
+        keys.append(np.array(list(listed), dtype=object))
+        values.append(np.array(list(listed.values()), dtype=np.float64))
+        signature.append(tuple(listed))
+    joined_keys = np.concatenate(keys) if keys else np.array([], dtype=object)
+    joined_values = np.concatenate(values).astype(np.float64, copy=False) if values else np.array([])
+    return CheckMetrics(joined_keys, joined_values, (layout.serial, *signature))
 
 
-def _put(metrics: Dict[str, float], keys: Any, column: Any, present: Any, rows: Any = None) -> None:
-    if rows is not None:
-        present = rows if present is None else present & rows
-    if present is None:
-        metrics.update(zip(keys.tolist(), column.tolist()))
-    elif present.any():
-        metrics.update(zip(keys[present].tolist(), column[present].tolist()))
+def column_metrics(columns: Any, summaries: Any = None) -> Dict[str, float]:
+    """:func:`reading_metrics` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
+    the same keys and values (:func:`check_metrics` as a dict)."""
+    return check_metrics(columns, summaries).as_dict()
 
 
 def margin_tags(name: str) -> List[str]:
@@ -181,5 +228,5 @@ def summary_margin_tags(tensor: str) -> List[str]:
 
 
 __all__ = ["ALL_KEYS_GLOB", "BOUND_KEY_FIELDS", "KEY_PREFIX", "MetricKey", "PLOT_TAG", "READING_KEY_FIELDS",
-           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "column_metrics", "key_from_mlflow", "margin_tags",
+           "SUMMARY_KEY_FIELDS", "SUMMARY_ONLY_FIELDS", "CheckMetrics", "check_metrics", "column_metrics", "key_from_mlflow", "margin_tags",
            "metric_key", "mlflow_metric_key", "name_glob", "parse_metric_key", "reading_metrics", "summary_margin_tags"]
