@@ -36,15 +36,12 @@ import statistics
 import sys
 import tempfile
 import time
-import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from benchmarks.common import PERIOD, StepClock, neighbour_ratios, quiet, ratio_row, ratio_table, spread, with_in_hook
+from benchmarks.common import PERIOD, LiveBytes, StepClock, neighbour_ratios, quiet, ratio_row, ratio_table, with_in_hook
 from scalewatch.callbacks import ScaleWatcher
 from scalewatch.monitor.attention_stats import is_computing
 
@@ -118,35 +115,6 @@ def run_loop(build: Callable[..., Any], rounds: int, device: torch.device, root:
             "values_per_check": len(watcher.last_readings)}
 
 
-class _StatisticsBytes(TorchDispatchMode):
-    """Peak bytes held by tensors that the attention statistics' own operations return."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: set = set()
-
-    def _free(self, key: int, n: int) -> None:
-        self.live -= n
-        self._seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if is_computing():
-            inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs))
-                      if isinstance(a, torch.Tensor)}
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    key = t.untyped_storage().data_ptr()
-                    if key and key not in self._seen and key not in inputs:
-                        n = t.untyped_storage().nbytes()
-                        self._seen.add(key)
-                        self.live += n
-                        self.peak = max(self.peak, self.live)
-                        weakref.finalize(t, self._free, key, n)
-        return out
-
-
 def _clock(device: torch.device) -> Callable[[], float]:
     """Wall time on a GPU; on a CPU this thread's CPU time (one torch thread: the work itself, not the
     other processes sharing the machine)."""
@@ -208,7 +176,7 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
     watcher.close()
     extra_fwd = statistics.median(a - p for a, p in zip(armed, plain))
     extra = extra_fwd + statistics.median(check)
-    memory = _StatisticsBytes()
+    memory = LiveBytes(counts=is_computing)
     watch.arm(True)
     with memory:  # the armed forward (the calls' inputs kept) and the check's batched pass over them
         loss_of()

@@ -17,7 +17,7 @@ import statistics
 import time
 import warnings
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from scalewatch.monitor import AttentionBiasGenerator
@@ -479,3 +481,39 @@ def rss_mb() -> float:
 
 def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes held at once by the tensors that operations return (in-place results and views of
+    an input are not counted again), while ``counts()`` is true (default: always).
+
+    What an op log can say of memory on any device: the kernels' own scratch, which no op
+    returns, is left out.
+    """
+
+    def __init__(self, counts: Optional[Callable[[], bool]] = None) -> None:
+        super().__init__()
+        self.counts = counts
+        self.live = self.peak = 0
+        self._seen: set = set()
+
+    def _free(self, key: int, n: int) -> None:
+        self.live -= n
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.counts is not None and not self.counts():
+            return out
+        # a view (expand, slice, transpose: no _base at this level) shares an input's storage
+        inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage().data_ptr()
+                if key and key not in self._seen and key not in inputs:
+                    n = t.untyped_storage().nbytes()
+                    self._seen.add(key)
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, key, n)
+        return out

@@ -29,7 +29,6 @@ softmax not opted in) is named once in a warning, with the reason, instead of an
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import re
 import sys
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalewatch.monitor.attention_options import AttentionOptions
-from scalewatch.monitor.attention_stats import (ENTROPY, MAX_LOGIT, SATURATED, STATISTICS, HeadStatistics, as_sums,
+from scalewatch.monitor.attention_stats import (MAX_LOGIT, STATISTICS, HeadStatistics, as_sums,
                                                 computing, logit_statistics, sdpa_statistics, stacked_bytes,
                                                 stacked_sdpa_sums, sums_values)
 from scalewatch.monitor.name_patterns import match_names
@@ -238,8 +237,8 @@ class _Call(NamedTuple):
     gqa: bool
 
 
-def _versions(*tensors: Optional[Tensor]) -> Tuple[int, ...]:
-    return tuple(t._version for t in tensors if t is not None)
+def _versions(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tuple[int, ...]:
+    return (q._version, k._version) if mask is None else (q._version, k._version, mask._version)
 
 
 def _defer(q: Tensor, k: Tensor, mask: Any) -> bool:
@@ -263,6 +262,7 @@ class AttentionWatch:
     def __init__(self, model: nn.Module, options: AttentionOptions, warn: bool = True) -> None:
         self._model_ref = weakref.ref(model)
         self.options = options
+        self._budget = options.memory_bytes  # looked up at every kept call
         self.warn = warn
         self.model_name = type(_unwrap(model)).__name__
         self._paths: Optional[Dict[int, str]] = None
@@ -418,11 +418,13 @@ class AttentionWatch:
                 if mask is not None and mask.dim() == 4 and mask.shape[0] > 1:  # (fewer dims: no batch dim)
                     mask = mask[:n]
             size = stacked_bytes(q, k)
-            if size <= opts.memory_bytes:  # else: chunked on its own, now
-                if self._pending_bytes + size > opts.memory_bytes:
+            budget = self._budget
+            if size <= budget:  # else: chunked on its own, now
+                if self._pending_bytes + size > budget:
                     self._flush()
-                signature = (tuple(q.shape), tuple(k.shape), q.dtype, k.dtype, q.device, is_causal, scale, gqa,
-                             None if mask is None else (tuple(mask.shape), mask.dtype))
+                # (torch.Size is a tuple: the shapes go in as they are)
+                signature = (q.shape, k.shape, q.dtype, k.dtype, q.device, is_causal, scale, gqa,
+                             None if mask is None else (mask.shape, mask.dtype))
                 with computing():  # (detach: no autograd graph kept alive to the check)
                     self._pending.append(_Call((path, q.shape[-3]), id(module), q.detach(), k.detach(),
                                                None if mask is None else mask.detach(), _versions(q, k, mask),
@@ -561,7 +563,7 @@ class AttentionWatch:
         """
         import torch.distributed as dist
 
-        from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, collective_timeout
+        from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, all_reduce_within, collective_timeout
 
         keys = list(dict.fromkeys([*self.stats, *sums]))  # the same order on every rank
         if not keys:
@@ -578,14 +580,7 @@ class AttentionWatch:
         buf[:4] = torch.tensor([1.0, fp, fp * fp, float(n)], dtype=torch.float64)
         torch.cat(parts, out=buf[4 + rank * n:4 + (rank + 1) * n])
         timeout = collective_timeout()
-        work = dist.all_reduce(buf, async_op=True)
-        try:
-            done = work.wait(timeout=datetime.timedelta(seconds=timeout))
-        except RuntimeError as err:
-            if "timeout" not in str(err).lower() and "timed out" not in str(err).lower():
-                raise
-            done = False
-        if done is False:
+        if not all_reduce_within(buf, timeout):
             raise RuntimeError(f"scalewatch attention statistics: rank {rank} waited {timeout:g} s at the check for "
                                f"the other ranks' statistics; every rank must call step() at every step "
                                f"({COLLECTIVE_TIMEOUT_ENV} sets the wait)")

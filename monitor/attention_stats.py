@@ -49,15 +49,26 @@ _LOG_SATURATED = math.log(SATURATED_ROW_THRESHOLD)
 _computing = 0
 
 
-@contextlib.contextmanager
-def computing() -> Iterator[None]:
-    """Marks the tensor work of the attention statistics (an op log tells it from training's own)."""
-    global _computing
-    _computing += 1
-    try:
-        yield
-    finally:
+class _Computing:
+    """``with computing():`` counts in and out (a class, not a generator: it runs for every kept SDPA call)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _computing
+        _computing += 1
+
+    def __exit__(self, *_: object) -> None:
+        global _computing
         _computing -= 1
+
+
+_COMPUTING = _Computing()
+
+
+def computing() -> _Computing:
+    """Marks the tensor work of the attention statistics (an op log tells it from training's own)."""
+    return _COMPUTING
 
 
 def is_computing() -> bool:
@@ -301,13 +312,14 @@ def _stacked_chunk(x: Tensor, invalid: Optional[Tensor]) -> Tensor:
     step's many attention calls, the cost is per operation, not per logit.
     """
     calls, b, h, l, _ = x.shape
-    top_abs = x.abs()
+    # max |logit| as max(top, -lowest): a read of the logits, no |x| copy written
     if invalid is not None:
-        top_abs.masked_fill_(invalid, 0.0)
+        x.masked_fill_(invalid, FILL)  # the lowest logit is an un-masked one
+    low = x.amin(dim=(1, 3, 4))
+    if invalid is not None:
         x.masked_fill_(invalid, -FILL)
-    max_logit = top_abs.amax(dim=(1, 3, 4))
-    del top_abs
     top = x.amax(dim=-1, keepdim=True)  # a row with no un-masked key: -FILL
+    max_logit = torch.maximum(top.amax(dim=(1, 3, 4)), low.neg_()).clamp_min_(0.0)
     x.sub_(top)
     p = x.exp()  # masked keys: exp(-FILL - top) = 0
     s = p.sum(dim=-1)
@@ -332,6 +344,25 @@ def stacked_bytes(query: Tensor, key: Tensor) -> int:
     return n * (queries * keys * BYTES_PER_LOGIT + (queries + keys) * dim * 4)
 
 
+def _stacked_logits(queries: List[Tensor], keys: List[Tensor], scale: Optional[float], gqa: bool) -> Tensor:
+    """``scale * q @ k^T`` of every call, float32 ``[C, N, H, L, S]``, as one batched matmul.
+
+    Its own function so that the stacked copies of ``q`` and ``k`` are freed before the
+    statistics' passes allocate theirs: the working memory's peak is the logits and one copy
+    of them, not the inputs' copies as well.
+    """
+    q = torch.stack(queries) if len(queries) > 1 else queries[0].unsqueeze(0)
+    k = torch.stack(keys) if len(keys) > 1 else keys[0].unsqueeze(0)
+    calls, batch, heads, l, dim = q.shape
+    if gqa and k.shape[2] != heads:  # grouped-query attention: query head h uses key head h // group
+        k = k.repeat_interleave(heads // k.shape[2], dim=2)
+    s = k.shape[-2]
+    q, kt = q.float(), k.float().transpose(-1, -2)
+    alpha = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    return torch.baddbmm(q.new_empty(()), q.reshape(-1, l, dim), kt.reshape(-1, dim, s), beta=0.0,
+                         alpha=alpha).view(calls, batch, heads, l, s)
+
+
 def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional[List[Tensor]], is_causal: bool,
                       scale: Optional[float], enable_gqa: bool) -> Tensor:
     """Per call, per head sums of several SDPA calls of one signature at once: ``[C, 4, H]``.
@@ -343,16 +374,8 @@ def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional
     :func:`sdpa_statistics` reads. Rows: max_logit, entropy_sum, saturated_rows, rows.
     """
     with _quiet_math(queries[0].device):
-        q = torch.stack(queries) if len(queries) > 1 else queries[0].unsqueeze(0)
-        k = torch.stack(keys) if len(keys) > 1 else keys[0].unsqueeze(0)
-        calls, batch, heads, l, dim = q.shape
-        if enable_gqa and k.shape[2] != heads:  # grouped-query attention: query head h uses key head h // group
-            k = k.repeat_interleave(heads // k.shape[2], dim=2)
-        s = k.shape[-2]
-        q, kt = q.float(), k.float().transpose(-1, -2)
-        scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-        x = torch.baddbmm(q.new_empty(()), q.reshape(-1, l, dim), kt.reshape(-1, dim, s), beta=0.0,
-                          alpha=scale).view(calls, batch, heads, l, s)
+        x = _stacked_logits(queries, keys, scale, enable_gqa)  # [C, N, H, L, S]; the stacked inputs are gone
+        l, s = x.shape[-2:]
         invalid: Optional[Tensor] = None
         if masks is not None:
             first = masks[0]

@@ -310,6 +310,21 @@ def _dist() -> Any:
     return torch.distributed
 
 
+def all_reduce_within(buf: Tensor, timeout: float) -> bool:
+    """``all_reduce(buf)`` (a sum, in place), waited for at most ``timeout`` seconds: whether it finished.
+
+    A rank that stops calling ``step()`` must not leave the others hanging in the collective:
+    the caller turns ``False`` into an error that names what was waited for.
+    """
+    work = _dist().all_reduce(buf, async_op=True)
+    try:
+        return work.wait(timeout=datetime.timedelta(seconds=timeout)) is not False
+    except RuntimeError as err:  # gloo raises on its timeout, NCCL's wait returns False
+        if "timed out" not in str(err).lower() and "timeout" not in str(err).lower():
+            raise
+        return False
+
+
 def distributed_world() -> int:
     """The world size of ``torch.distributed`` (1 when it is not initialised)."""
     d = _dist()
@@ -434,14 +449,7 @@ class DistributedReader:
         if not (d.is_available() and d.is_initialized()):
             raise ScaleGatherError(self._no_group_message())
         timeout = collective_timeout()
-        work = d.all_reduce(buf, async_op=True)
-        try:
-            ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
-        except RuntimeError as err:
-            if "timed out" not in str(err).lower() and "timeout" not in str(err).lower():
-                raise
-            ok = False
-        if ok is False:
+        if not all_reduce_within(buf, timeout):
             raise ScaleGatherError(self._timeout_message(what, step, timeout))
 
     def _no_group_message(self) -> str:

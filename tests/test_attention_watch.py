@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import sys
-import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -30,9 +29,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from benchmarks.common import LiveBytes
 from scalewatch.callbacks import ScaleSink, ScaleWatcher
 from scalewatch.callbacks.attention_watch import ATTENTION_FIELD
 from scalewatch.monitor import AttentionBiasGenerator
@@ -167,34 +165,6 @@ def test_the_first_samples_and_hand_written_logits() -> None:
     assert_statistics(logit_statistics(logits, memory_bytes=200), logits_reference(logits))
     merged = rnd(6, 7, 9)  # nn.MultiheadAttention's (N * H, L, S)
     assert_statistics(logit_statistics(merged, heads=3), logits_reference(merged.view(2, 3, 7, 9)))
-
-
-class LiveBytes(TorchDispatchMode):
-    """Peak bytes of the tensors ops create (in-place results and views not counted again)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: set = set()
-
-    def _free(self, key: int, n: int) -> None:
-        self.live -= n
-        self._seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        # a view (expand, slice, transpose: no _base at this level) shares an input's storage
-        inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs)) if isinstance(a, Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, Tensor):
-                key = t.untyped_storage().data_ptr()
-                if key and key not in self._seen and key not in inputs:
-                    n = t.untyped_storage().nbytes()
-                    self._seen.add(key)
-                    self.live += n
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(t, self._free, key, n)
-        return out
 
 
 def test_the_working_memory_stays_within_the_budget() -> None:
