@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import PERIOD, LiveBytes, StepClock, neighbour_ratios, quiet, ratio_row, ratio_table, with_in_hook
+from benchmarks.common import PERIOD, LiveBytes, StepClock, WatcherBlocks, neighbour_ratios, quiet, ratio_row, ratio_table, with_in_hook
 from scalewatch.callbacks import ScaleWatcher
 from scalewatch.monitor.attention_stats import is_computing
 
@@ -85,33 +85,25 @@ MODELS: Dict[str, Callable[[torch.device], Tuple[torch.nn.Module, Callable[[], t
 
 def run_loop(build: Callable[..., Any], rounds: int, device: torch.device, root: str) -> Dict[str, Any]:
     """One loop of ``W`` (warm-up) + ``rounds`` x ``B W`` + ``B`` blocks of 50 steps; per-block times."""
-    schedule = [VARIANT] + ["baseline", VARIANT] * rounds + ["baseline"]
-    steps = len(schedule) * PERIOD + 1
+    plan = WatcherBlocks(rounds, VARIANT)
     model, loss_of, _ = build(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     watcher = ScaleWatcher(model, log_dir=root, every_n_steps=PERIOD, attention=True, plot=False)
     clock = StepClock(warmup=PERIOD)
-    in_step = 0.0
-    for step in range(steps):
+    for step in range(plan.steps):
         clock.tick(device)
         loss_of().backward()
-        block = step // PERIOD
-        if block < len(schedule) and schedule[block] == VARIANT:
-            t0 = time.perf_counter()
-            watcher.step(step)
-            if block > 0:
-                in_step += time.perf_counter() - t0
+        if plan.calls(step):
+            plan.step(watcher, step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     watcher.close()
-    if watcher.checks != schedule.count(VARIANT):
-        raise RuntimeError(f"{watcher.checks} checks in {schedule.count(VARIANT)} watcher blocks")
+    plan.check(watcher)
     if not watcher.last_readings:
         raise RuntimeError("the last check recorded no attention statistic")
-    per_block = clock.blocks(len(schedule) - 1)
-    blocks = [{"variant": v, "cpu": c, "wall": w} for v, c, w in zip(schedule[1:], per_block["cpu"], per_block["wall"])]
+    blocks = plan.blocks(clock)
     return {"blocks": blocks, "ratios": neighbour_ratios(blocks, [VARIANT]),
-            "in_hook": {"hook_s_per_step": in_step / (PERIOD * rounds), "checks": watcher.checks},
+            "in_hook": {"hook_s_per_step": plan.hook_s_per_step(), "checks": watcher.checks},
             "values_per_check": len(watcher.last_readings)}
 
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.bench_overhead import MODEL_DESCRIPTION, TARGET_N50
-from benchmarks.common import (PERIOD, Encoder, StepClock, cycled_data, neighbour_ratios, quiet, ratio_row,
+from benchmarks.common import (PERIOD, Encoder, StepClock, WatcherBlocks, cycled_data, neighbour_ratios, quiet, ratio_row,
                                ratio_table, report, with_in_hook)
 from scalewatch.callbacks import ScaleWatcher
 
@@ -62,28 +62,21 @@ def device_for(accelerator: str) -> torch.device:
 
 def run_loop(rounds: int, batch_size: int, device: torch.device, root: str) -> Dict[str, Any]:
     """One training loop of ``W`` (warm-up) + ``rounds`` x ``B W`` + ``B`` blocks; per-block times."""
-    schedule = [VARIANT] + ["baseline", VARIANT] * rounds + ["baseline"]
-    steps = len(schedule) * PERIOD + 1  # +1: the last block's last step ends at the next tick
-
+    plan = WatcherBlocks(rounds, VARIANT)
     torch.manual_seed(0)
     model = Encoder().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     writer = SummaryWriter(os.path.join(root, "tb"))
     watcher = ScaleWatcher(model, log_dir=root, every_n_steps=PERIOD, tensorboard=writer)
     clock = StepClock(warmup=PERIOD)
-    in_step = 0.0  # seconds inside watcher.step in the timed blocks
     started = time.perf_counter()
-    for step, (x, y) in enumerate(cycled_data(steps, batch_size)):
+    for step, (x, y) in enumerate(cycled_data(plan.steps, batch_size)):
         clock.tick(device)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.mse_loss(model(x), y)
         loss.backward()
-        block = step // PERIOD
-        if block < len(schedule) and schedule[block] == VARIANT:
-            t0 = time.perf_counter()
-            watcher.step(step)
-            if block > 0:
-                in_step += time.perf_counter() - t0
+        if plan.calls(step):
+            plan.step(watcher, step)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % PERIOD == 0:
@@ -92,18 +85,13 @@ def run_loop(rounds: int, batch_size: int, device: torch.device, root: str) -> D
     watcher.close()
     writer.close()
 
-    if len(clock.starts) < steps:
-        raise RuntimeError(f"only {len(clock.starts)} of {steps} steps were timed")
-    if watcher.checks != schedule.count(VARIANT):  # one check in each of its blocks, none elsewhere
-        raise RuntimeError(f"{watcher.checks} checks in {schedule.count(VARIANT)} watcher blocks")
+    plan.check(watcher)
     if any(r.clamp_fraction is None for r in watcher.last_readings):  # the check step's forward was tracked
         raise RuntimeError("the last check has no clamp fraction: the watcher's switch left its forward untracked")
-    per_block = clock.blocks(len(schedule) - 1)
-    blocks = [{"variant": v, "cpu": c, "wall": w}
-              for v, c, w in zip(schedule[1:], per_block["cpu"], per_block["wall"])]
-    in_hook = {"hook_s_per_step": in_step / (PERIOD * rounds), "checks": watcher.checks}
-    return {"schedule": schedule, "blocks": blocks, "ratios": neighbour_ratios(blocks, [VARIANT]),
-            "in_hook": in_hook, "loop_wall_s": loop_wall, "steps": steps}
+    blocks = plan.blocks(clock)
+    in_hook = {"hook_s_per_step": plan.hook_s_per_step(), "checks": watcher.checks}
+    return {"schedule": plan.schedule, "blocks": blocks, "ratios": neighbour_ratios(blocks, [VARIANT]),
+            "in_hook": in_hook, "loop_wall_s": loop_wall, "steps": plan.steps}
 
 
 def run(rounds: int = 40, batch_size: int = 8, accelerator: str = "auto",

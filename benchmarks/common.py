@@ -517,3 +517,56 @@ class LiveBytes(TorchDispatchMode):
                     self.peak = max(self.peak, self.live)
                     weakref.finalize(t, self._free, key, n)
         return out
+
+
+class WatcherBlocks:
+    """The interleaved schedule of a plain-loop benchmark: ``W`` (warm-up) + ``rounds`` x ``B W`` + ``B``
+    blocks of :data:`PERIOD` steps, ``W`` calling ``watcher.step``, ``B`` not calling it at all.
+
+    With the watcher's ``every_n_steps=PERIOD`` each ``W`` block holds exactly one check, and the
+    step before it (which arms the next check's forwards) is in the same block. The loop asks
+    :meth:`calls` at each step and times its ``watcher.step`` through :meth:`step`; :meth:`blocks`
+    gives each timed block's mean step time from a :class:`StepClock` ticked at every step.
+    """
+
+    def __init__(self, rounds: int, variant: str) -> None:
+        self.variant = variant
+        self.rounds = rounds
+        self.schedule = [variant] + ["baseline", variant] * rounds + ["baseline"]
+        #: +1: the last block's last step ends at the next tick
+        self.steps = len(self.schedule) * PERIOD + 1
+        self.in_step = 0.0  # seconds inside watcher.step in the timed (not warm-up) blocks
+        self.check_s: List[float] = []  # each timed check step's watcher.step
+
+    def calls(self, step: int) -> bool:
+        """Whether the loop calls ``watcher.step`` at ``step`` (a ``W`` block)."""
+        block = step // PERIOD
+        return block < len(self.schedule) and self.schedule[block] == self.variant
+
+    def step(self, watcher: Any, step: int, call: bool = True) -> None:
+        """``watcher.step(step)`` (unless ``call`` is False: an A/A control), timed past the warm-up block."""
+        t0 = time.perf_counter()
+        if call:
+            watcher.step(step)
+        took = time.perf_counter() - t0
+        if step >= PERIOD:
+            self.in_step += took
+            if call and watcher.last_step == step:  # it read: a check step
+                self.check_s.append(took)
+
+    def check(self, watcher: Any, called: bool = True) -> None:
+        """One check in each ``W`` block and none elsewhere (none at all for a control that never called it)."""
+        expected = self.schedule.count(self.variant) if called else 0
+        if watcher.checks != expected:
+            raise RuntimeError(f"{watcher.checks} checks in {self.schedule.count(self.variant)} watcher blocks")
+
+    def hook_s_per_step(self) -> float:
+        return self.in_step / (PERIOD * self.rounds)
+
+    def blocks(self, clock: "StepClock") -> List[Dict[str, Any]]:
+        """``{"variant", "cpu", "wall"}`` of each block after the warm-up: its mean step times."""
+        if len(clock.starts) < self.steps:
+            raise RuntimeError(f"only {len(clock.starts)} of {self.steps} steps were timed")
+        per_block = clock.blocks(len(self.schedule) - 1)
+        return [{"variant": v, "cpu": c, "wall": w}
+                for v, c, w in zip(self.schedule[1:], per_block["cpu"], per_block["wall"])]

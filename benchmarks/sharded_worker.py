@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from benchmarks.common import PERIOD, Encoder, StepClock, cycled_data, quiet
+from benchmarks.common import PERIOD, Encoder, StepClock, WatcherBlocks, cycled_data, quiet
 from scalewatch.callbacks import ScaleWatcher
 from scalewatch.monitor.sharded import make_shardable
 
@@ -42,8 +41,7 @@ def run_loop(rounds: int, batch_size: int, root: str, rank: int, control: bool =
     """The FSDP2 loop on this rank: per-block times and the watcher's own time."""
     from torch.distributed.fsdp import fully_shard
 
-    schedule = [VARIANT] + ["baseline", VARIANT] * rounds + ["baseline"]
-    steps = len(schedule) * PERIOD + 1  # +1: the last block's last step ends at the next tick
+    plan = WatcherBlocks(rounds, VARIANT)
     model = build()
     for layer in model.layers:
         fully_shard(layer)
@@ -51,36 +49,19 @@ def run_loop(rounds: int, batch_size: int, root: str, rank: int, control: bool =
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     watcher = ScaleWatcher(model, log_dir=root, every_n_steps=PERIOD, plot=False)
     clock = StepClock(warmup=PERIOD)
-    in_step = 0.0
-    check_s: List[float] = []  # each timed check step's watcher.step
     device = torch.device("cpu")
-    for step, (x, y) in enumerate(cycled_data(steps, batch_size)):
+    for step, (x, y) in enumerate(cycled_data(plan.steps, batch_size)):
         clock.tick(device)
         loss = F.mse_loss(model(x), y)
         loss.backward()
-        block = step // PERIOD
-        if block < len(schedule) and schedule[block] == VARIANT:
-            reads = watcher.will_read(step)
-            t0 = time.perf_counter()
-            if not control:
-                watcher.step(step)
-            took = time.perf_counter() - t0
-            if block > 0:
-                in_step += took
-                if reads:
-                    check_s.append(took)
+        if plan.calls(step):
+            plan.step(watcher, step, call=not control)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     watcher.close()
-    if len(clock.starts) < steps:
-        raise RuntimeError(f"only {len(clock.starts)} of {steps} steps were timed")
-    if watcher.checks != (0 if control else schedule.count(VARIANT)):
-        raise RuntimeError(f"{watcher.checks} checks in {schedule.count(VARIANT)} watcher blocks")
-    per_block = clock.blocks(len(schedule) - 1)
-    blocks = [{"variant": v, "cpu": c, "wall": w}
-              for v, c, w in zip(schedule[1:], per_block["cpu"], per_block["wall"])]
-    return {"rank": rank, "schedule": schedule, "blocks": blocks, "hook_s_per_step": in_step / (PERIOD * rounds),
-            "checks": watcher.checks, "check_step_s": check_s,
+    plan.check(watcher, called=not control)
+    return {"rank": rank, "schedule": plan.schedule, "blocks": plan.blocks(clock),
+            "hook_s_per_step": plan.hook_s_per_step(), "checks": watcher.checks, "check_step_s": plan.check_s,
             "names": [s.name for s in watcher.scales], "history": watcher.history is not None}
 
 
