@@ -17,6 +17,7 @@ from scalewatch.monitor.watched_scale import WatchedScale
 
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
+_DTYPE = attrgetter("dtype")
 _CLAMP_FRACTION = attrgetter("clamp_fraction")
 
 
@@ -116,6 +117,7 @@ class _FastGather:
             type(r) in (torch.Tensor, torch.nn.Parameter) for r in self.raws)
         self.views: List[np.ndarray] = []
         self.addresses: List[int] = []
+        self.dtypes: List[torch.dtype] = []
 
     def raws_on_host(self) -> Optional[np.ndarray]:
         """The raw values, read where they lie; None unless :attr:`in_place`.
@@ -123,16 +125,21 @@ class _FastGather:
         A numpy view of each 0-dim CPU parameter is made once and kept: reading a
         thousand of them is one ``np.array`` call (~0.1 ms) where stacking them costs
         ~1 ms, a C++ view and a dispatch per tensor. Each check compares the
-        parameters' data addresses with the views' (a ``p.data = ...`` or ``set_`` moves
-        them) and makes new views if one moved; the views keep the storage they show
-        alive, so an address is never reused behind them.
+        parameters' data addresses and dtypes with the views' (a ``p.data = ...`` or
+        ``set_`` moves them, a ``.view(dtype)`` retypes them) and makes new views if one
+        changed; the views keep the storage they show alive, so an address is never
+        reused behind them. A parameter that is no longer one float32 value ends the
+        in-place read for this watch (the stacked read converts it).
         """
         if not self.in_place:
             return None
-        addresses = list(map(_DATA_PTR, self.raws))
-        if addresses != self.addresses:
+        addresses, dtypes = list(map(_DATA_PTR, self.raws)), list(map(_DTYPE, self.raws))
+        if addresses != self.addresses or dtypes != self.dtypes:
+            if not all(r.dim() == 0 and r.dtype == torch.float32 for r in self.raws):
+                self.in_place = False
+                return None
             self.views = [r.numpy(force=True) for r in self.raws]  # (force: a parameter, detached)
-            self.addresses = addresses
+            self.addresses, self.dtypes = addresses, dtypes
         return np.array(self.views, dtype=np.float32)
 
     @staticmethod

@@ -395,7 +395,8 @@ def test_the_in_place_cpu_read_follows_each_parameter_wherever_its_storage_goes(
     from scalewatch.monitor.scale_reader import read_columns
     from scalewatch.monitor.watched_scale import find_bounded_scales
 
-    model = torch.nn.ModuleList(AttentionBiasGenerator(bias_scale=1.0 + i, min_scale=0.5, max_scale=5.0)
+    model = torch.nn.ModuleList(AttentionBiasGenerator(bias_scale=1.0 + i, min_scale=0.5, max_scale=5.0,
+                                                       learnable_scale=i < 3)  # the last a buffer
                                 for i in range(4))
     scales = find_bounded_scales(model)
     layout = ScaleLayout(scales)
@@ -417,6 +418,9 @@ def test_the_in_place_cpu_read_follows_each_parameter_wherever_its_storage_goes(
     raws[3].grad = None
     check(2)
     assert read_columns(scales, 3, layout).raw.tolist()[:3] == [1.25, 9.0, 0.125]
+    raws[3].data = raws[3].data.view(torch.int32)  # a buffer's bytes retyped: read as the stacked read reads it
+    check(4)
+    assert read_columns(scales, 5, layout).raw[3] == float(raws[3].float()) and not layout.cache["fast_gather"].in_place
 
 
 def test_tensorboard_event_bytes_are_protobufs_own_for_every_check(tmp_path: Any) -> None:
