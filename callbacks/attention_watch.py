@@ -247,6 +247,54 @@ def _defer(q: Tensor, k: Tensor, mask: Any) -> bool:
             and not (q.is_inference() or k.is_inference() or (mask is not None and mask.is_inference())))
 
 
+class RankSums:
+    """One rank's attention sums at a check, as its part of one ``all_reduce`` (SUM, float64).
+
+    ``payload``: a header ``[1, fingerprint, fingerprint², n]`` (summed: the rank count and
+    whether every rank saw the same modules), then a ``[ranks, n]`` block in which this rank
+    wrote its ``[4, heads]`` sums per module into its own row, zeros elsewhere, so that the sum
+    brings every rank's sums to every rank exactly (a value plus zeros) and the maximum is taken
+    locally: no second collective for the maximum. :meth:`reduced` reads the summed buffer on
+    the host: max_logit the largest over the ranks, the other rows summed (entropy and saturated
+    share become the row-weighted means over the global batch).
+    """
+
+    def __init__(self, keys: List[Tuple[str, int]], payload: Tensor, fingerprint: float, rank: int, world: int,
+                 own: Set[Tuple[str, int]]) -> None:
+        self.keys, self.payload, self.fingerprint = keys, payload, fingerprint
+        self.rank, self.world, self.own = rank, world, own
+
+    def reduced(self, summed: Any) -> Dict[Tuple[str, int], Tensor]:
+        """Every rank's sums per module (float32 ``[4, heads]`` CPU tensors) from the summed payload (numpy).
+
+        Raises:
+            RuntimeError: when the ranks did not see the same attention modules at this check.
+        """
+        import numpy as np
+
+        world, fp = self.world, self.fingerprint
+        n = sum(4 * heads for _, heads in self.keys)
+        if summed[:4].tolist() != [world, world * fp, world * fp * fp, world * n]:
+            raise RuntimeError(f"scalewatch attention statistics: the ranks saw different attention modules at this "
+                               f"check (rank {self.rank}: {[k[0] for k in self.keys]}); every rank must run the same "
+                               "attention modules in the forwards of a check step")
+        every = np.asarray(summed[4:4 + world * n]).reshape(world, n)
+        first = np.zeros(n, dtype=bool)  # the max_logit row of each module
+        at = 0
+        for _, heads in self.keys:
+            first[at:at + heads] = True
+            at += 4 * heads
+        joined = np.where(first, every.max(0), every.sum(0)).astype(np.float32)
+        out: Dict[Tuple[str, int], Tensor] = {}
+        at = 0
+        for key in self.keys:
+            size = 4 * key[1]
+            if key in self.own or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
+                out[key] = torch.from_numpy(joined[at:at + size].reshape(4, key[1]).copy())
+            at += size
+        return out
+
+
 # ---- one watcher's attention -------------------------------------------------------------------
 
 
@@ -502,20 +550,25 @@ class AttentionWatch:
             out.update(zip(unique, joined.unbind(0)))
         return out
 
-    def collect(self, forwards_watched: bool = True) -> Tuple[List[AttentionStat], bool]:
+    def collect(self, forwards_watched: bool = True,
+                reduced: Optional[Dict[Tuple[str, int], Tensor]] = None) -> Tuple[List[AttentionStat], bool]:
         """This check's statistics as readable handles, and whether any is new (a name not seen before).
 
         Resets the sums for the next check; says once what it could not see (unless
         ``forwards_watched`` is False: the check's forwards ran before the watch was armed,
-        e.g. a plain loop's first ``step()`` at a check step).
+        e.g. a plain loop's first ``step()`` at a check step). ``reduced``: every rank's sums,
+        reduced by the caller (:meth:`rank_sums`, :meth:`RankSums.reduced`) in its own collective.
         """
         threshold = self.options.max_logit
         out: List[AttentionStat] = []
         added = False
         with computing():
-            sums = self._sums()
-            if _world() > 1:  # every rank's batch: the global batch's statistics, the same on every rank
-                sums = self._over_ranks(sums)
+            if reduced is not None:
+                sums = reduced
+            else:
+                sums = self._sums()
+                if _world() > 1:  # every rank's batch: the global batch's statistics, the same on every rank
+                    sums = self._over_ranks(sums)
             keys = [k for k in self.stats if k in sums] + [k for k in sums if k not in self.stats]
             if keys:
                 values = sums_values(torch.stack([sums[k] for k in keys]))  # [modules, 3, heads] at once
@@ -547,27 +600,19 @@ class AttentionWatch:
             self._hook_diagnosis()
         return out, added
 
-    def _over_ranks(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:
-        """The sums of every rank's calls: max_logit the largest over the ranks, the other rows summed.
+    def rank_sums(self) -> Optional["RankSums"]:
+        """This check's sums as this rank's part of a collective, for a reader that reduces them together
+        with the scales' values (one collective per check); ``None`` when there is nothing to reduce.
+        :meth:`collect` with the :class:`RankSums` once its ``summed`` buffer came back."""
+        with computing():
+            return self._rank_payload(self._sums())
 
-        One ``all_reduce`` (SUM, float64) at the check: each rank writes its ``[4, heads]`` sums
-        per module into its own row of a ``[ranks, n]`` buffer (zeros elsewhere), so that the sum
-        brings every rank's sums to every rank exactly (a value plus zeros) and the maximum
-        is taken locally: no second collective for the maximum. Entropy and saturated share
-        are then the row-weighted means over the global batch. A header (rank count, a
-        fingerprint of the modules) says when the ranks saw different attention modules.
-
-        Raises:
-            RuntimeError: when the ranks did not see the same attention modules at this check,
-                or a rank did not come within the collective timeout.
-        """
+    def _rank_payload(self, sums: Dict[Tuple[str, int], Tensor]) -> Optional["RankSums"]:
         import torch.distributed as dist
-
-        from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, all_reduce_within, collective_timeout
 
         keys = list(dict.fromkeys([*self.stats, *sums]))  # the same order on every rank
         if not keys:
-            return sums
+            return None
         device = next(iter(sums.values())).device if sums else torch.device("cpu")
         if str(dist.get_backend()) == "gloo":
             device = torch.device("cpu")
@@ -579,31 +624,26 @@ class AttentionWatch:
         buf = torch.zeros(4 + world * n, dtype=torch.float64, device=device)
         buf[:4] = torch.tensor([1.0, fp, fp * fp, float(n)], dtype=torch.float64)
         torch.cat(parts, out=buf[4 + rank * n:4 + (rank + 1) * n])
+        return RankSums(keys, buf, fp, rank, world, set(sums))
+
+    def _over_ranks(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:
+        """The sums of every rank's calls, in a collective of their own (no watched scale to share one with).
+
+        Raises:
+            RuntimeError: when the ranks did not see the same attention modules at this check,
+                or a rank did not come within the collective timeout.
+        """
+        from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, all_reduce_within, collective_timeout
+
+        mine = self._rank_payload(sums)
+        if mine is None:
+            return sums
         timeout = collective_timeout()
-        if not all_reduce_within(buf, timeout):
-            raise RuntimeError(f"scalewatch attention statistics: rank {rank} waited {timeout:g} s at the check for "
-                               f"the other ranks' statistics; every rank must call step() at every step "
+        if not all_reduce_within(mine.payload, timeout):
+            raise RuntimeError(f"scalewatch attention statistics: rank {mine.rank} waited {timeout:g} s at the check "
+                               f"for the other ranks' statistics; every rank must call step() at every step "
                                f"({COLLECTIVE_TIMEOUT_ENV} sets the wait)")
-        head = buf[:4].tolist()
-        if head != [world, world * fp, world * fp * fp, world * n]:
-            raise RuntimeError(f"scalewatch attention statistics: the ranks saw different attention modules at this "
-                               f"check (rank {rank}: {[k[0] for k in keys]}); every rank must run the same "
-                               "attention modules in the forwards of a check step")
-        every = buf[4:].view(world, n)
-        first = torch.zeros(n, dtype=torch.bool, device=device)  # the max_logit row of each module
-        at = 0
-        for _, heads in keys:
-            first[at:at + heads] = True
-            at += 4 * heads
-        joined = torch.where(first, every.amax(0), every.sum(0)).float()
-        out: Dict[Tuple[str, int], Tensor] = {}
-        at = 0
-        for key in keys:
-            size = 4 * key[1]
-            if key in sums or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
-                out[key] = joined[at:at + size].view(4, key[1]).to(sums[key].device if key in sums else device)
-            at += size
-        return out
+        return mine.reduced(mine.payload.cpu().numpy())
 
     def _name_for(self, key: Tuple[str, int]) -> str:
         path, heads = key
@@ -677,4 +717,4 @@ def match_names_any(patterns: Tuple[str, ...], names: List[str]) -> List[str]:
     return out
 
 
-__all__ = ["ATTENTION_FIELD", "AttentionStat", "AttentionWatch", "WRAPPER_SEGMENTS", "own_name"]
+__all__ = ["ATTENTION_FIELD", "AttentionStat", "AttentionWatch", "RankSums", "WRAPPER_SEGMENTS", "own_name"]

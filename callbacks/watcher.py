@@ -545,7 +545,11 @@ class ScaleWatcher:
         # 16k per-head readings make enough objects to set off full garbage collections
         # that walk the whole process; none of them is garbage until the check is over.
         # The check is columns from the transfer to the record: no object per value.
-        self._attention_now = self._take_attention(step) if new_check and self.attention is not None else []
+        # Under torch.distributed with a reader, the attention sums ride in the scales' collective
+        # (one all_reduce, one transfer a check); otherwise they are reduced first, then read with them.
+        riding = new_check and self.attention is not None and self._reader is not None and bool(scales)
+        self._attention_now = self._take_attention(step) if new_check and self.attention is not None \
+            and not riding else []
         self._scales_now = scales
         if self._attention_now:
             scales = scales + self._attention_now  # read in the same one transfer (else the same list:
@@ -554,8 +558,11 @@ class ScaleWatcher:
             self.last_columns = None
             return StepResult(read=True, stop=self.should_stop)
         with gc_paused():
-            columns = (read_columns(scales, step, self._layout(scales)) if self._reader is None else
-                       self._reader.read_columns(scales, step, self._layout(scales)))
+            if riding:
+                columns = self._read_with_attention(step, scales)
+            else:
+                columns = (read_columns(scales, step, self._layout(scales)) if self._reader is None else
+                           self._reader.read_columns(scales, step, self._layout(scales)))
             masks = condition_columns(columns.scale, columns.raw, columns.grad, columns.has_grad, columns.layout.lo,
                                       columns.layout.hi, columns.layout.hard, self.warn_fraction, grad_must_be_finite)
             alerts = self.tracker.update_columns(columns, masks)
@@ -577,6 +584,22 @@ class ScaleWatcher:
             self.should_stop = True
             log.info("scalewatch: stopping training at step %d (on_saturation='stop')", step)
         return StepResult(alerts, read=True, stop=self.should_stop)
+
+    def _read_with_attention(self, step: int, scales: List[WatchedScale]) -> CheckColumns:
+        """The scales' columns and the attention statistics' sums over the ranks in one collective,
+        then the statistics' rows (host values by then) after the scales' rows."""
+        assert self.attention is not None and self._reader is not None
+        mine = self.attention.rank_sums()
+        columns, summed = self._reader.read_columns_with(scales, step, self._layout(scales),
+                                                         None if mine is None else mine.payload)
+        self._attention_now = self._take_attention(step, {} if mine is None else mine.reduced(summed))
+        if not self._attention_now:
+            return columns
+        handles = self._attention_now
+        stats = read_columns(handles, step, self._layout(handles))
+        return CheckColumns(step, self._layout(scales + handles),
+                            *(np.concatenate((getattr(columns, f), getattr(stats, f))) for f in
+                              ("scale", "raw", "grad", "has_grad", "clamp_fraction", "has_fraction")))
 
     def _layout(self, scales: List[WatchedScale]) -> ScaleLayout:
         key = () if scales is self.scales else tuple(map(id, scales))
@@ -622,11 +645,12 @@ class ScaleWatcher:
             for part, fields in self._history_parts(columns):
                 self.history.append_readings(part, dict(extra, **fields), fired)
 
-    def _take_attention(self, step: int) -> List[AttentionStat]:
-        """This check's attention statistics; when new ones appear, the loggers learn their names."""
+    def _take_attention(self, step: int, reduced: Optional[Dict[Any, torch.Tensor]] = None) -> List[AttentionStat]:
+        """This check's attention statistics (``reduced``: their sums over the ranks, reduced with the
+        scales); when new ones appear, the loggers learn their names."""
         assert self.attention is not None
         # a first step() at a check step: its forwards ran before anything was armed
-        handles, added = self.attention.collect(forwards_watched=self._started_at != step)
+        handles, added = self.attention.collect(forwards_watched=self._started_at != step, reduced=reduced)
         if added:
             self.summarised = self._summarised()
             if self.is_global_zero:

@@ -491,12 +491,23 @@ class DistributedReader:
 
     def read_columns(self, scales: Sequence[Any], step: int, columns_layout: Any) -> Any:
         """As :meth:`read`, as one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`."""
+        return self.read_columns_with(scales, step, columns_layout)[0]
+
+    def read_columns_with(self, scales: Sequence[Any], step: int, columns_layout: Any,
+                          payload: Optional[Tensor] = None) -> Tuple[Any, np.ndarray]:
+        """:meth:`read_columns`, with ``payload`` (float64, the same size on every rank) summed over the
+        ranks in the same ``all_reduce``: the columns, and the summed payload on the host.
+
+        What else a check reduces over the ranks (the attention statistics' sums) rides along,
+        so that a check stays one collective and one transfer.
+        """
         from scalewatch.monitor.check_columns import CheckColumns
 
-        layout, host = self._gather(scales, step)
-        return CheckColumns(step, columns_layout, *layout.columns(host))
+        layout, host = self._gather(scales, step, payload)
+        return CheckColumns(step, columns_layout, *layout.columns(host)), host[layout.size:]
 
-    def _gather(self, scales: Sequence[Any], step: int) -> Tuple["_Layout", np.ndarray]:
+    def _gather(self, scales: Sequence[Any], step: int,
+                payload: Optional[Tensor] = None) -> Tuple["_Layout", np.ndarray]:
         d = _dist()
         if not (d.is_available() and d.is_initialized()):
             raise ScaleGatherError(self._no_group_message())
@@ -511,6 +522,8 @@ class DistributedReader:
         rank = d.get_rank()
         with torch.no_grad():
             buf = layout.fill(rank, step, self._device())
+            if payload is not None:
+                buf = torch.cat((buf, payload.to(buf.device)))
             self._all_reduce(buf, what="", step=step)
             host = buf.cpu().numpy() if buf.device.type != "cpu" else buf.numpy()
         if host[1] != host[0] * layout.fingerprint or host[2] != host[0] * layout.fingerprint ** 2 \

@@ -6,13 +6,17 @@ Launched by tests/test_attention_watch.py::test_ddp_records_the_global_batch:
 
 Rank 0 takes the first 5 samples of each step's global batch of 7, rank 1 the last 2 (unequal
 parts: the means must be weighted by rows). The model (``build``) has a padding-masked attention
-and a causal grouped-query one. No optimizer step: the weights stay those every rank and the
-single-process reference start from. Each rank writes its last readings to ``OUT_DIR/rank<N>.json``.
+and a causal grouped-query one; it runs twice, without and with a watched bias scale (``with_scale``):
+alone, the attention sums are reduced in a collective of their own; with a scale they ride in the
+scales' collective. Either way a check is one ``all_reduce``, counted around each ``watcher.step``.
+No optimizer step: the weights stay those every rank and the single-process reference start from.
+The records go to ``LOG_DIR/{plain,scale}``; each rank writes its last readings and the collectives
+of each step to ``OUT_DIR/rank<N>.json``.
 """
 import json
 import os
 import sys
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.distributed as dist
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalewatch.callbacks import ScaleWatcher
+from scalewatch.monitor import AttentionBiasGenerator
 
 STEPS, GLOBAL_BATCH, SPLIT = 3, 7, 5
 
@@ -52,17 +57,21 @@ class Causal(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, with_scale: bool) -> None:
         super().__init__()
         self.padded, self.causal = Padded(), Causal()
+        self.bias = AttentionBiasGenerator(bias_scale=2.0) if with_scale else None
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
-        return self.padded(x, keep).sum() + self.causal(x).sum()
+        out = self.padded(x, keep).sum() + self.causal(x).sum()
+        if self.bias is not None:
+            out = out + self.bias(torch.tanh(x @ x.transpose(-1, -2))).sum()
+        return out
 
 
-def build() -> nn.Module:
+def build(with_scale: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return Model()
+    return Model(with_scale)
 
 
 def batch(step: int) -> Tuple[Tensor, Tensor]:
@@ -73,21 +82,38 @@ def batch(step: int) -> Tuple[Tensor, Tensor]:
     return x, torch.arange(6) < lengths[:, None]
 
 
-def main(log_dir: str, out_dir: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    model = build()
+def run(log_dir: str, rank: int, with_scale: bool) -> Dict[str, Any]:
+    model = build(with_scale)
     ddp = nn.parallel.DistributedDataParallel(model)
     watcher = ScaleWatcher(model, log_dir=log_dir, every_n_steps=1, attention=True, plot=False)
     watcher.start()
+    real, counted = dist.all_reduce, []
+
+    def all_reduce(*args: Any, **kwargs: Any) -> Any:
+        counted[-1] += 1
+        return real(*args, **kwargs)
+
     for step in range(STEPS):
         x, keep = batch(step)
         part = slice(0, SPLIT) if rank == 0 else slice(SPLIT, GLOBAL_BATCH)
         ddp(x[part], keep[part]).backward()
-        watcher.step(step)
+        counted.append(0)
+        dist.all_reduce = all_reduce  # the watcher's collectives (DDP's own go through its C++ reducer)
+        try:
+            watcher.step(step)
+        finally:
+            dist.all_reduce = real
     watcher.close()
+    return {"last": {r.name: r.scale for r in watcher.last_readings}, "collectives": counted}
+
+
+def main(log_dir: str, out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    result = {name: run(os.path.join(log_dir, name), rank, with_scale)
+              for name, with_scale in (("plain", False), ("scale", True))}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({r.name: r.scale for r in watcher.last_readings}, f)
+        json.dump(result, f)
     dist.destroy_process_group()
 
 

@@ -741,7 +741,8 @@ def test_history_lines_are_json_with_the_field(tmp_path: Any) -> None:
 
 def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
     """2 gloo ranks, each its part of the batch: every rank records, and rank 0 writes, what one process
-    computes over the whole batch (max over ranks, row-weighted means)."""
+    computes over the whole batch (max over ranks, row-weighted means), with and without a watched scale;
+    each check is one collective (with a scale, the attention sums ride in the scales' one)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import attention_ddp_script as script
     from front_doors import torchrun
@@ -749,22 +750,27 @@ def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
     out = torchrun(os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_ddp_script.py"),
                    str(tmp_path / "ddp"), str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    model = script.build()
-    watcher = ScaleWatcher(model, log_dir=tmp_path / "one", every_n_steps=1, attention=True, plot=False)
-    watcher.start()
-    for step in range(script.STEPS):
-        model(*script.batch(step)).backward()
-        watcher.step(step)
-    watcher.close()
-
-    def records(path: Any) -> Dict[Tuple[int, str], float]:
-        return {(r["step"], r["name"]): r["scale"] for r in iter_history(path) if r.get(ATTENTION_FIELD)}
-
-    ddp, one = records(tmp_path / "ddp" / "scalewatch_history.jsonl"), records(watcher.history_path)
-    assert set(ddp) == set(one) and len(one) == script.STEPS * 3 * (4 + 4)
-    for key, want in one.items():
-        assert ddp[key] == pytest.approx(want, rel=1e-5, abs=1e-6), key
-    last = {name: v for (step, name), v in one.items() if step == script.STEPS - 1}
+    ranks = []
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as f:
-            assert json.load(f) == pytest.approx(last, rel=1e-5, abs=1e-6), rank
+            ranks.append(json.load(f))
+    for name, with_scale in (("plain", False), ("scale", True)):
+        model = script.build(with_scale)
+        watcher = ScaleWatcher(model, log_dir=tmp_path / "one" / name, every_n_steps=1, attention=True, plot=False)
+        watcher.start()
+        for step in range(script.STEPS):
+            model(*script.batch(step)).backward()
+            watcher.step(step)
+        watcher.close()
+
+        def records(path: Any) -> Dict[Tuple[int, str], float]:
+            return {(r["step"], r["name"]): r["scale"] for r in iter_history(path)}
+
+        ddp, one = records(tmp_path / "ddp" / name / "scalewatch_history.jsonl"), records(watcher.history_path)
+        assert set(ddp) == set(one) and len(one) == script.STEPS * (3 * (4 + 4) + with_scale), name
+        for key, want in one.items():
+            assert ddp[key] == pytest.approx(want, rel=1e-5, abs=1e-6), (name, key)
+        last = {n: v for (step, n), v in one.items() if step == script.STEPS - 1}
+        for rank, result in enumerate(ranks):
+            assert result[name]["last"] == pytest.approx(last, rel=1e-5, abs=1e-6), (name, rank)
+            assert result[name]["collectives"] == [1] * script.STEPS, (name, rank)  # one a check
