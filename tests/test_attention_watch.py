@@ -774,3 +774,43 @@ def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
         for rank, result in enumerate(ranks):
             assert result[name]["last"] == pytest.approx(last, rel=1e-5, abs=1e-6), (name, rank)
             assert result[name]["collectives"] == [1] * script.STEPS, (name, rank)  # one a check
+
+
+def test_lightning_ddp_records_the_global_batch(tmp_path: Any) -> None:
+    """Lightning's door under its DDP strategy (2 gloo processes, ScaleMonitor(attention=True) and a watched
+    bias scale) records what one process records over the same global batches; one all_reduce a check."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import lightning_attention_ddp_script as script
+
+    runs: Dict[int, List[Dict[str, Any]]] = {}
+    for devices in (1, 2):
+        root = tmp_path / f"devices{devices}"
+        root.mkdir()
+        if devices == 1:  # the reference: one process, here
+            script.main(str(root), 1)
+        else:
+            out = subprocess.run([sys.executable, script.__file__, str(root), str(devices)], capture_output=True,
+                                 text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            assert out.returncode == 0, out.stderr[-3000:]
+        runs[devices] = []
+        for rank in range(devices):
+            with open(root / f"rank{rank}.json") as f:
+                runs[devices].append(json.load(f))
+    one, ddp = runs[1][0], runs[2]
+
+    def records(path: str) -> Dict[Tuple[int, str], float]:
+        return {(r["step"], r["name"]): r["scale"] for r in iter_history(path)}
+
+    want, got = records(one["history"]), records(ddp[0]["history"])
+    steps = len(one["collectives"])
+    assert steps == 2 and len(want) == steps * (3 * (4 + 4) + 1)  # two modules' statistics and the scale
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    for rank, result in enumerate(ddp):
+        assert result["last"] == pytest.approx(one["last"], rel=1e-5, abs=1e-6), rank
+        assert result["collectives"] == [1] * steps, rank  # the attention sums ride in the scales' one
+    assert one["collectives"] == [0] * steps
