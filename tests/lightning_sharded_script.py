@@ -1,8 +1,10 @@
-"""ScaleMonitor under Lightning's FSDPStrategy / DeepSpeedStrategy (they need CUDA).
+"""ScaleMonitor under Lightning's FSDPStrategy / ModelParallelStrategy / DeepSpeedStrategy (they need CUDA).
 
-    python tests/lightning_sharded_script.py OUT_DIR fsdp|deepspeed
+    python tests/lightning_sharded_script.py OUT_DIR fsdp|model_parallel|deepspeed [cuda|cpu]
 
 Every visible GPU is a process; tests/sharded_script.py's model (made shardable) in a LightningModule.
+Under ModelParallelStrategy the module shards itself in ``configure_model`` (FSDP2's ``fully_shard``
+over the strategy's data-parallel mesh), as that strategy asks.
 """
 from __future__ import annotations
 
@@ -36,8 +38,24 @@ class Module(L.LightningModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=S.BATCH)
 
 
-def main(out_dir: str, strategy: str) -> None:
-    if strategy == "deepspeed":
+class ParallelModule(Module):
+    """For ModelParallelStrategy: the module applies its own parallelism (FSDP2 over the data-parallel mesh)."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
+def main(out_dir: str, strategy: str, accelerator: str = "cuda") -> None:
+    module = Module()
+    devices = torch.cuda.device_count() if accelerator == "cuda" else 2
+    if strategy == "model_parallel":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        chosen = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
+        module = ParallelModule()
+    elif strategy == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         chosen = DeepSpeedStrategy(stage=3, config={"zero_optimization": {"stage": 3},
@@ -47,13 +65,13 @@ def main(out_dir: str, strategy: str) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
         chosen = FSDPStrategy(use_orig_params=True)
-    trainer = L.Trainer(accelerator="cuda", devices=torch.cuda.device_count(), strategy=chosen, max_steps=8,
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=chosen, max_steps=8,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         default_root_dir=out_dir,
                         callbacks=[ScaleMonitor(every_n_steps=2, params={"net.logit_scale": S.PARAMS["logit_scale"]},
                                                 plot=False)])
-    trainer.fit(Module())
+    trainer.fit(module)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -249,3 +249,20 @@ def test_a_sharded_scale_without_a_process_group_is_a_clear_error() -> None:
     watcher = ScaleWatcher(net, params=S.PARAMS, every_n_steps=1, plot=False)
     with pytest.raises(ScaleGatherError, match=r"scale\(s\) \['logit_scale'\] are sharded.*not initialised"):
         watcher.step(0)
+
+
+def test_lightning_model_parallel_strategy_records_full_values_on_a_cpu(tmp_path: Path) -> None:
+    """Lightning's ModelParallelStrategy starts on a CPU (2 gloo processes; FSDP and DeepSpeed strategies do
+    not): the module shards itself with FSDP2 in ``configure_model`` and ScaleMonitor records the model's own
+    names and every element of the sharded per-head scale, with gradients, in one history."""
+    out = subprocess.run([sys.executable, str(HERE / "lightning_sharded_script.py"), str(tmp_path), "model_parallel",
+                          "cpu"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert out.returncode == 0, out.stderr[-4000:]
+    (history,) = tmp_path.rglob(HISTORY_FILENAME)
+    rows = readback.history(str(history.parent))
+    assert {r["name"] for r in rows} == {"net.head.attention_bias_generator", "net.per_head[0]", "net.per_head[1]",
+                                         "net.per_head[2]", "net.logit_scale"}
+    assert sorted({r["step"] for r in rows}) == [1, 3, 5, 7] and len(rows) == 4 * 5
+    assert all(r["grad"] is not None and r["grad"] == r["grad"] and r["raw"] == r["raw"] for r in rows)
+    assert len({r["raw"] for r in rows if r["name"].startswith("net.per_head") and r["step"] == 1}) == 3

@@ -1,6 +1,6 @@
-"""Lightning's FSDPStrategy and DeepSpeedStrategy with ScaleMonitor: they refuse a CPU accelerator,
-so these run where CUDA exists (the engine's read path they share is proven on the CPU by
-tests/test_sharded.py). The history holds the model's own names and full values at every check."""
+"""Lightning's FSDPStrategy, ModelParallelStrategy and DeepSpeedStrategy with ScaleMonitor on GPUs: FSDP and
+DeepSpeed refuse a CPU accelerator, so these run where CUDA exists (the engine's read path they share is
+proven on the CPU by tests/test_sharded.py, and ModelParallelStrategy, which starts on a CPU, runs there too). The history holds the model's own names and full values at every check."""
 from __future__ import annotations
 
 import math
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP/DeepSpeed strategies need CUDA")]
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+@pytest.mark.parametrize("strategy", ["fsdp", "model_parallel", "deepspeed"])
 def test_lightning_sharded_strategies_record_the_models_own_names(tmp_path: Path, strategy: str) -> None:
     if strategy == "deepspeed":
         pytest.importorskip("deepspeed")
