@@ -88,8 +88,8 @@ class TensorBoardSink(ScaleSink):
 
     def log_check(self, metrics: CheckMetrics, step: int) -> None:
         write = tensorboard_layout.event_bytes_writer(self.writer)
-        if write is None:
-            self.log_metrics(metrics.as_dict(), step)
+        if write is None:  # no event queue to write to: log_metrics's way
+            super().log_check(metrics, step)
             return
         write(tensorboard_layout.scalars_event_bytes(metrics, step, time.time()))
         self._flush_if_due()

@@ -597,9 +597,7 @@ class ScaleWatcher:
             return columns
         handles = self._attention_now
         stats = read_columns(handles, step, self._layout(handles))
-        return CheckColumns(step, self._layout(scales + handles),
-                            *(np.concatenate((getattr(columns, f), getattr(stats, f))) for f in
-                              ("scale", "raw", "grad", "has_grad", "clamp_fraction", "has_fraction")))
+        return CheckColumns.joined(self._layout(scales + handles), [columns, stats])
 
     def _layout(self, scales: List[WatchedScale]) -> ScaleLayout:
         key = () if scales is self.scales else tuple(map(id, scales))

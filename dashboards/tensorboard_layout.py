@@ -1,6 +1,7 @@
 """The TensorBoard custom-scalars layout: each scale inside its band, live."""
 from __future__ import annotations
 
+import struct
 from typing import Any, Dict, List, Sequence
 
 from scalewatch.monitor.history.keys import margin_tags, summary_margin_tags
@@ -63,13 +64,11 @@ def scalars_event_bytes(metrics: Any, step: int, wall_time: float) -> bytes:
     ``Event`` fields, in the order protobuf writes them: ``wall_time`` (1, a double),
     ``step`` (2, an int64 varint), ``summary`` (5, length-delimited).
     """
-    import numpy as np
-
     template = _TEMPLATES.get(metrics.signature)
     if template is None:
         template = _keep_template(metrics.signature, tuple(metrics.keys.tolist()))
     summary = _fill(template, metrics.values)
-    head = b"\x09" + np.float64(wall_time).astype("<f8").tobytes()
+    head = b"\x09" + struct.pack("<d", wall_time)
     if step:  # proto3 leaves a zero step out
         head += b"\x10" + _varint(int(step) & 0xFFFFFFFFFFFFFFFF)  # a negative int64 is its 10-byte two's complement
     return head + b"\x2a" + _varint(len(summary)) + summary

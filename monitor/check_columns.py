@@ -97,6 +97,10 @@ class ScaleLayout:
         return keys
 
 
+#: a check's per-row arrays, in :class:`CheckColumns`' argument order
+ARRAYS = ("scale", "raw", "grad", "has_grad", "clamp_fraction", "has_fraction")
+
+
 class CheckColumns:
     """One check's numbers, a float64 array per field, row ``i`` being ``layout.names[i]``.
 
@@ -104,7 +108,7 @@ class CheckColumns:
     ``has_fraction`` tell "none" from a NaN value.
     """
 
-    __slots__ = ("step", "layout", "scale", "raw", "grad", "has_grad", "clamp_fraction", "has_fraction")
+    __slots__ = ("step", "layout") + ARRAYS
 
     def __init__(self, step: int, layout: ScaleLayout, scale: np.ndarray, raw: np.ndarray, grad: np.ndarray,
                  has_grad: np.ndarray, clamp_fraction: np.ndarray, has_fraction: np.ndarray) -> None:
@@ -114,6 +118,11 @@ class CheckColumns:
 
     def __len__(self) -> int:
         return len(self.scale)
+
+    @classmethod
+    def joined(cls, layout: ScaleLayout, parts: Sequence["CheckColumns"]) -> "CheckColumns":
+        """``parts`` of one check, their rows one after the other, under ``layout`` (theirs in that order)."""
+        return cls(parts[0].step, layout, *(np.concatenate([getattr(p, a) for p in parts]) for a in ARRAYS))
 
     def reading(self, i: int) -> Reading:
         """Row ``i`` as a :class:`Reading`."""
