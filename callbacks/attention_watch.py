@@ -107,6 +107,7 @@ def _stat(name: str, statistic: str, values: Tensor, threshold: Optional[float])
     s = AttentionStat(name=f"{name}.{statistic}", raw=values, min=None,
                       max=threshold if statistic == MAX_LOGIT else None, bound="soft")
     s.statistic = statistic
+    s.record_fields = {ATTENTION_FIELD: statistic}  # on its history lines
     return s
 
 

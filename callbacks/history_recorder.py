@@ -101,9 +101,12 @@ class HistoryRecorder:
                 return
             except OSError as err:
                 self._fall_back(err)
-        if hasattr(readings, "layout"):  # a check's CheckColumns
+        own: List[Any] = [None] * len(readings)
+        if hasattr(readings, "layout"):  # a check's CheckColumns: the rows' own fields too
+            own = readings.layout.record_fields
             readings = readings.readings()
-        self.memory.extend(dict(r.to_record(), **extra, alerts=alerts.get(r.name, [])) for r in readings)
+        self.memory.extend(dict(r.to_record(), **extra, **(o or {}), alerts=alerts.get(r.name, []))
+                           for r, o in zip(readings, own))
 
     def records(self) -> Iterable[Dict[str, Any]]:
         """What was kept in memory (empty while the file is written)."""

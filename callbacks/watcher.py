@@ -13,12 +13,11 @@ import os
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from scalewatch.callbacks.alert_sinks import send_alerts
-from scalewatch.callbacks.attention_watch import ATTENTION_FIELD, AttentionStat, AttentionWatch
+from scalewatch.callbacks.attention_watch import AttentionStat, AttentionWatch
 from scalewatch.callbacks.history_recorder import HistoryRecorder
 from scalewatch.callbacks.logger_sinks import MetricsSink, ScaleSink, TensorBoardSink, WandbSink
 from scalewatch.callbacks.watch_settings import MAX_LOGGED_ELEMENTS, WatchSettings, document_settings
@@ -640,8 +639,8 @@ class ScaleWatcher:
             extra: Dict[str, Any] = {"warn_fraction": self.warn_fraction, "patience": self.patience}
             if skipped_step:
                 extra[SKIPPED_STEP] = True
-            for part, fields in self._history_parts(columns):
-                self.history.append_readings(part, dict(extra, **fields), fired)
+            # (an attention statistic's rows add "attention": STATISTIC themselves: record_fields)
+            self.history.append_readings(columns, extra, fired)
 
     def _take_attention(self, step: int, reduced: Optional[Dict[Any, torch.Tensor]] = None) -> List[AttentionStat]:
         """This check's attention statistics (``reduced``: their sums over the ranks, reduced with the
@@ -655,30 +654,6 @@ class ScaleWatcher:
                 for sink in self.sinks:
                     sink.start(self.names, self.summarised)
         return handles
-
-    def _history_parts(self, columns: CheckColumns) -> List[Tuple[Any, Dict[str, Any]]]:
-        """The check's rows as the history writes them: the scales' as they are, then each attention
-        statistic's with ``"attention": STATISTIC`` on its lines."""
-        if not self._attention_now:
-            return [(columns, {})]
-        n = len(columns) - sum(h.numel for h in self._attention_now)
-        parts: List[Tuple[Any, Dict[str, Any]]] = []
-        if n:  # the scales' rows, still as columns
-            c, cut = columns, slice(0, n)
-            parts.append((CheckColumns(c.step, self._layout(self._scales_now), c.scale[cut], c.raw[cut], c.grad[cut],
-                                       c.has_grad[cut], c.clamp_fraction[cut], c.has_fraction[cut]), {}))
-        at, groups = n, {}  # statistic -> (its handles, their rows): columns too, no Reading per value
-        for h in self._attention_now:
-            handles, rows = groups.setdefault(h.statistic, ([], []))
-            handles.append(h)
-            rows.extend(range(at, at + h.numel))
-            at += h.numel
-        c = columns
-        for statistic, (handles, rows) in groups.items():
-            r = np.asarray(rows)
-            parts.append((CheckColumns(c.step, self._layout(handles), c.scale[r], c.raw[r], c.grad[r], c.has_grad[r],
-                                       c.clamp_fraction[r], c.has_fraction[r]), {ATTENTION_FIELD: statistic}))
-        return parts
 
     def _track_clamp_fraction(self, on: bool) -> None:
         self._tracking = on

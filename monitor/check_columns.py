@@ -11,7 +11,7 @@ display units) is worked out once, in :class:`ScaleLayout`; a check carries only
 from __future__ import annotations
 
 from itertools import count
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class ScaleLayout:
         highs: List[Optional[float]] = []
         bounds: List[str] = []
         displays: List[str] = []
+        fields: List[Optional[Mapping[str, Any]]] = []
         group_starts: List[int] = []
         group_names: List[str] = []
         for s in scales:
@@ -56,8 +57,11 @@ class ScaleLayout:
             highs.extend([s.max] * n)
             bounds.extend([s.bound] * n)
             displays.extend([s.display] * n)
+            fields.extend([getattr(s, "record_fields", None)] * n)
         self.names, self.tensors, self.indexes = names, tensors, indexes
         self.mins, self.maxs, self.bounds, self.displays = lows, highs, bounds, displays
+        #: per row, the fields its scale adds to its history lines (``record_fields``; mostly ``None``)
+        self.record_fields = fields
         #: bounds as float64 columns, NaN where a side is missing (the rule book's convention)
         self.lo, self.hi = _nan_for_none(lows), _nan_for_none(highs)
         self.hard = np.array([b == "hard" for b in bounds], dtype=bool)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,8 @@ class WatchedScale:
     _element_names: Optional[List[str]] = field(default=None, init=False, repr=False)
     #: the effective value is the raw tensor itself (no clamp, no transform): a reader takes it once
     effective_is_raw: ClassVar[bool] = False
+    #: more fields on each of its history lines, after the check's own (an attention statistic says which)
+    record_fields: ClassVar[Optional[Mapping[str, Any]]] = None
 
     @property
     def numel(self) -> int:

@@ -387,6 +387,31 @@ def test_the_columns_give_the_lines_keys_and_tensorboard_bytes_the_readings_give
     assert scalars_event(metrics).summary == reference
 
 
+def test_a_scales_own_record_fields_follow_the_checks_extra_on_each_of_its_lines() -> None:
+    """An attention statistic's rows say ``"attention": STATISTIC`` themselves (``record_fields``):
+    one history write for the whole check, each line what json.dumps writes for its record."""
+    from scalewatch.monitor.check_columns import ScaleLayout
+    from scalewatch.monitor.history.encoding import column_lines
+    from scalewatch.monitor.scale_reader import read_columns
+    from scalewatch.monitor.watched_scale import WatchedScale
+
+    plain = WatchedScale(name="s", raw=torch.tensor(0.5), min=0.0, max=1.0, bound="soft")
+    top = WatchedScale(name="m.max_logit", raw=torch.tensor([3.0, 31.0]), min=None, max=30.0, bound="soft")
+    ent = WatchedScale(name="m.entropy", raw=torch.tensor([0.25, 1.5]), min=0.0, max=None, bound="soft")
+    top.record_fields, ent.record_fields = {"attention": "max_logit"}, {"attention": "entropy"}
+    scales = [plain, top, ent]
+    columns = read_columns(scales, 9, ScaleLayout(scales))
+    extra = {"warn_fraction": 0.9, "patience": 3}
+    fired = {"m.max_logit[1]": ["near_upper"]}
+    own = [{}, {"attention": "max_logit"}, {"attention": "max_logit"}, {"attention": "entropy"},
+           {"attention": "entropy"}]
+    expected = "".join(json.dumps(dict(r.to_record(), **extra, **o, alerts=fired.get(r.name, []))) + "\n"
+                       for r, o in zip(columns.readings(), own))
+    assert column_lines(columns, extra, fired) == expected
+    with pytest.raises(ValueError, match="attention"):  # a check's extra may not say it again
+        column_lines(columns, {"attention": "x"})
+
+
 def test_the_in_place_cpu_read_follows_each_parameter_wherever_its_storage_goes() -> None:
     """0-dim CPU scales are read through numpy views kept from check to check: an in-place update,
     a ``p.data = ...`` and a ``set_`` (the storage moved) are all seen, gradients present or not."""

@@ -192,19 +192,24 @@ def _extra_text(extra: Optional[Mapping[str, Any]]) -> str:
     return "".join(ITEM_SEPARATOR + encode_record({k: v})[1:-1] for k, v in extra.items())  # '"k": v'
 
 
-def _row_text(layout: Any) -> Tuple[List[str], List[str], List[str]]:
+def _row_text(layout: Any) -> Tuple[List[str], List[str], List[str], List[str], frozenset]:
     """Per row of a :class:`~scalewatch.monitor.check_columns.ScaleLayout`: the encoded name, the shared
-    part (bounds, kind) and the end before ``extra`` (tensor, index, display). Fixed for a watch: kept."""
+    part (bounds, kind), the end before ``extra`` (tensor, index, display) and the row's own fields after
+    it (``record_fields``), with those fields' keys. Fixed for a watch: kept."""
     cached = layout.cache.get("history_rows")
     if cached is None:
         names = [encode_basestring_ascii(n) for n in layout.names]
-        middles, tails = [], []
+        middles, tails, own = [], [], []
         for lo, hi, bound, tensor, index, display in zip(layout.mins, layout.maxs, layout.bounds, layout.tensors,
                                                           layout.indexes, layout.displays):
             middles.append(f"{_MIN}{_number(lo)}{_MAX}{_number(hi)}{_BOUND}{encode_record(bound)}{ITEM_SEPARATOR}")
             tail = "" if index is None else f"{_TENSOR}{encode_record(tensor)}{_INDEX}{index}"
             tails.append(tail + ("" if display == IDENTITY else f"{_DISPLAY}{encode_record(display)}"))
-        cached = layout.cache["history_rows"] = (names, middles, tails)
+        fields = getattr(layout, "record_fields", None) or [None] * len(names)
+        keys = frozenset(k for f in fields if f for k in f)
+        texts = {id(f): _extra_text(f) for f in fields if f}  # the rows of one scale share its dict
+        own = [texts[id(f)] if f else "" for f in fields]
+        cached = layout.cache["history_rows"] = (names, middles, tails, own, keys)
     return cached
 
 
@@ -221,12 +226,16 @@ def column_lines(columns: Any, extra: Optional[Mapping[str, Any]] = None,
                  alerts: Optional[Mapping[str, List[str]]] = None) -> str:
     """:func:`reading_lines` of one check's :class:`~scalewatch.monitor.check_columns.CheckColumns`:
     the same text, byte for byte, with no object per reading; what a watch's rows share is
-    encoded once per watch, not once per check."""
+    encoded once per watch, not once per check. A row whose scale brings ``record_fields`` (an
+    attention statistic: ``{"attention": "entropy"}``) has them after ``extra``."""
     extra_text = _extra_text(extra)
     n = len(columns)
     if not n:
         return ""
-    names, middles, tails = _row_text(columns.layout)
+    names, middles, tails, own, own_keys = _row_text(columns.layout)
+    if extra and own_keys & set(extra):
+        raise ValueError(f"`extra` keys must not be fields the readings bring themselves, got "
+                         f"{sorted(own_keys & set(extra))}")
     steps = [_number(int(columns.step))] * n
     raws = _column_numbers(columns.raw)
     same = columns.scale.tobytes() == columns.raw.tobytes()  # bit for bit (-0.0 and NaN payloads included)
@@ -235,12 +244,15 @@ def column_lines(columns: Any, extra: Optional[Mapping[str, Any]] = None,
     fractions = _column_numbers(columns.clamp_fraction, columns.has_fraction)
     none_fired = "" if alerts is None else _NONE_FIRED
     suffix = extra_text + none_fired
-    ends = [t + suffix for t in tails]
+    if own_keys:
+        ends = [t + extra_text + o + none_fired for t, o in zip(tails, own)]
+    else:
+        ends = [t + suffix for t in tails]
     if alerts:
         for name, kinds in alerts.items():
             row = columns.layout.row(name)
             if kinds and row is not None:
-                ends[row] = tails[row] + extra_text + f"{_ALERTS}{encode_record(kinds)}"
+                ends[row] = tails[row] + extra_text + own[row] + f"{_ALERTS}{encode_record(kinds)}"
     return "".join(_lines(steps, names, scales, raws, grads, middles, fractions, ends))
 
 
