@@ -17,16 +17,20 @@ of this process on a CPU, wall time on a GPU); a ``W`` block's ratio is over the
 ``B`` blocks on either side; min / median / max over rounds, a bootstrap 95% interval of the median.
 
 The check step's extra cost is taken apart directly, outside the loop, over repeated interleaved
-measurements of the same batch: a training forward with the interception armed (the calls'
-inputs kept) less the same forward disarmed, plus the engine's check (the statistics computed in
-one batched pass, read, the history lines); on a CPU in this thread's CPU time (one torch thread),
+training steps on the same batch (forward, backward, AdamW step): the forward of a check step
+(interception armed, each call's logits computed) less a plain step's forward, plus the engine's
+check after the backward, where a loop calls it (the statistics computed in one batched pass,
+read, the history lines); on a CPU in this thread's CPU time (one torch thread),
 so that other processes on the machine do not count. It is given as a multiple of one attention forward (the
 time of the forward's ``scaled_dot_product_attention`` calls, the work the statistics look at)
 and of the model's whole forward. Extra memory on a check step: the peak of the bytes the
 statistics' own tensor operations hold at once over the armed forward and the check (the batched
 logits and per-head sums: an op log of the allocations they return, their kernels' scratch aside;
-the kept inputs are the tensors autograd holds for the backward anyway); on a GPU also ``max_memory_allocated``
-of an armed forward less a disarmed one.
+the kept inputs are the tensors autograd holds for the backward anyway), measured from a fresh
+workspace, so its buffers count; on a CPU those buffers (the stacked inputs, logits and
+probabilities) are kept from one check to the next while they are at most an eighth of the
+memory budget, and that part is reported too; on a GPU also ``max_memory_allocated`` of an armed
+forward less a disarmed one.
 """
 from __future__ import annotations
 
@@ -143,37 +147,47 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
         in_sdpa[0] += clock() - t0
         return out
 
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     plain, armed, attention, check = [], [], [], []
     watcher.start(0)
     watch.arm(False)
+
+    def forward(timed: List[float]) -> torch.Tensor:
+        loss: List[torch.Tensor] = []
+        timed.append(_timed(lambda: loss.append(loss_of()), device))
+        return loss[0]
+
     for rep in range(reps + 1):
-        model.zero_grad(set_to_none=True)
         in_sdpa[0] = 0.0
         F.scaled_dot_product_attention = timed_sdpa
         try:
-            loss = _timed(loss_of, device) if rep else None
+            loss_of()  # its attention calls' time alone (a training forward, its graph dropped)
         finally:
             F.scaled_dot_product_attention = sdpa
-        if rep:
-            plain.append(_timed(loss_of, device))
-            attention.append(in_sdpa[0])
+        attention.append(in_sdpa[0])
+        # a training step without the watch, then a check step with it: forward, backward, the
+        # check where a loop makes it (after the backward, before the optimizer step), step
+        forward(plain).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         watch.arm(True)
-        t = _timed(loss_of, device)
+        loss = forward(armed)
         watch.arm(False)
-        t_check = _timed(lambda: watcher.step(rep), device)
-        if rep:  # the first of each is a warm-up
-            armed.append(t)
-            check.append(t_check)
-        del loss
+        loss.backward()
+        check.append(_timed(lambda: watcher.step(rep), device))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    plain, armed, attention, check = plain[1:], armed[1:], attention[1:], check[1:]  # the first: a warm-up
     watcher.close()
     extra_fwd = statistics.median(a - p for a, p in zip(armed, plain))
     extra = extra_fwd + statistics.median(check)
     memory = LiveBytes(counts=is_computing)
     watch.arm(True)
-    with memory:  # the armed forward (the calls' inputs kept) and the check's batched pass over them
+    with memory:  # the armed forward and the check's batched pass
         loss_of()
         watch.arm(False)
         watch.collect()
+    kept = watch.workspace.nbytes  # held from one check to the next (on a CPU), counted in the peak above
     cuda_extra = None
     if device.type == "cuda":
         peaks = []
@@ -189,7 +203,7 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
     return {"forward_ms": fwd * 1e3, "attention_ms": att * 1e3, "armed_forward_extra_ms": extra_fwd * 1e3,
             "check_ms": statistics.median(check) * 1e3, "extra_ms": extra * 1e3,
             "x_attention_forward": extra / att, "x_model_forward": extra / fwd,
-            "statistics_peak_mib": memory.peak / 2 ** 20,
+            "statistics_peak_mib": memory.peak / 2 ** 20, "workspace_kept_mib": kept / 2 ** 20,
             "cuda_extra_peak_mib": None if cuda_extra is None else cuda_extra / 2 ** 20, "reps": reps}
 
 
@@ -240,10 +254,11 @@ def run(rounds: int = 12, reps: int = 15, accelerator: str = "auto", models: Tup
 def format_table(result: Dict[str, Any]) -> str:
     lines = [ratio_table(result, hook_column="in step()"), "",
              "| model | forward ms | its attention ms | check step extra ms (armed forward + check) "
-             "| x attention forward | x model forward | statistics peak MiB | values per check |",
+             "| x attention forward | x model forward | statistics peak MiB (of which kept between checks) "
+             "| values per check |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in result["checks"].items():
-        mem = f"{c['statistics_peak_mib']:.2f}"
+        mem = f"{c['statistics_peak_mib']:.2f} ({c.get('workspace_kept_mib', 0.0):.2f})"
         if c.get("cuda_extra_peak_mib") is not None:
             mem += f" (CUDA {c['cuda_extra_peak_mib']:.2f})"
         lines.append(f"| {name} | {c['forward_ms']:.2f} | {c['attention_ms']:.2f} | {c['extra_ms']:.2f} "

@@ -19,7 +19,9 @@ only, as it turns on the clamp-fraction statistic), and only then:
 
 SDPA calls are not computed one by one: their inputs are kept (the tensors autograd keeps for
 the backward anyway) up to the memory budget, and computed at the check (or when the budget
-is full) together, one batched pass per shape, a handful of tensor operations for all of them.
+is full) together, one batched pass per shape, a handful of tensor operations for all of them,
+in buffers kept from one check to the next while they are small (a CPU pays a page fault per
+4 KiB of memory freshly mapped at every check).
 
 Off check steps none of this is installed: no wrapper, no hook, no mode, no tensor op.
 Calls from validation or inference (grad disabled and the module in eval mode) are left out.
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scalewatch.monitor.attention_options import AttentionOptions
-from scalewatch.monitor.attention_stats import (MAX_LOGIT, STATISTICS, HeadStatistics, as_sums,
+from scalewatch.monitor.attention_stats import (MAX_LOGIT, STATISTICS, HeadStatistics, Workspace, as_sums,
                                                 computing, logit_statistics, sdpa_statistics, stacked_bytes,
                                                 stacked_sdpa_sums, sums_values)
 from scalewatch.monitor.name_patterns import match_names
@@ -248,6 +250,10 @@ def _defer(q: Tensor, k: Tensor, mask: Any) -> bool:
             and not (q.is_inference() or k.is_inference() or (mask is not None and mask.is_inference())))
 
 
+#: the workspace is kept from one check to the next while it holds at most this share of the memory budget
+KEPT_BUDGET_SHARE = 1 / 8
+
+
 class RankSums:
     """One rank's attention sums at a check, as its part of one ``all_reduce`` (SUM, float64).
 
@@ -324,6 +330,8 @@ class AttentionWatch:
         # this check's calls: kept SDPA inputs, and per-call sums ([C, 4, heads], a key per row)
         self._pending: List[_Call] = []
         self._pending_bytes = 0
+        # the batched pass's large tensors, kept between checks while small (KEPT_BUDGET_SHARE)
+        self.workspace = Workspace()
         self._results: List[Tuple[Tensor, List[Tuple[str, int]]]] = []
         self._seen: Set[int] = set()
         self._captured: Set[int] = set()
@@ -499,13 +507,17 @@ class AttentionWatch:
             try:
                 sums = stacked_sdpa_sums([c.query for c in calls], [c.key_ for c in calls],
                                          None if first.mask is None else [c.mask for c in calls],
-                                         first.is_causal, first.scale, first.gqa)
+                                         first.is_causal, first.scale, first.gqa,
+                                         # (a GPU's caching allocator keeps its blocks mapped already)
+                                         self.workspace if first.query.device.type == "cpu" else None)
             except Exception:  # one by one: the failing module is named, the others recorded
                 for c in calls:
                     self._add(c.module, c.key[0], lambda c=c: sdpa_statistics(
                         c.query, c.key_, c.mask, c.is_causal, c.scale, c.gqa, memory_bytes=self.options.memory_bytes))
                 continue
             self._results.append((sums, [c.key for c in calls]))
+        if self.workspace.nbytes > self._budget * KEPT_BUDGET_SHARE:  # too big to hold until the next check
+            self.workspace.clear()
 
     def on_softmax(self, caller: Any, x: Tensor, dim: Any) -> None:
         """A softmax called at frame ``caller``: attention when its module's softmax is (MHA with weights, opted in)."""
@@ -695,6 +707,7 @@ class AttentionWatch:
     def close(self) -> None:
         self.arm(False)
         self._pending, self._pending_bytes, self._results = [], 0, []
+        self.workspace.clear()
 
 
 def _reason(module: nn.Module) -> str:

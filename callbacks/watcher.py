@@ -736,6 +736,8 @@ class ScaleWatcher:
                     log.warning("scalewatch could not flush %s: %s", type(sink).__name__, err)
         finally:
             self._track_clamp_fraction(False)  # the modules' own default outside of watched training
+            if self.attention is not None:  # its kept calls and workspace go
+                self.attention.close()
             if self.history is not None:
                 self.history.close()
             if self._notifier is not None:

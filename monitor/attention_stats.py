@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -305,7 +305,35 @@ def sums_values(sums: Tensor) -> Tensor:
     return torch.cat((sums[..., :1, :], sums[..., 1:3, :] / sums[..., 3:4, :].clamp_min(1.0)), dim=-2)
 
 
-def _stacked_chunk(x: Tensor, invalid: Optional[Tensor]) -> Tensor:
+class Workspace:
+    """Buffers the batched pass writes its large tensors into, kept from one check to the next.
+
+    On a CPU, memory freshly mapped at every check costs a page fault per 4 KiB first written
+    (glibc maps a fresh block for every allocation above its mmap threshold, 128 KiB and up):
+    on a small model, more than the statistics themselves. A buffer grows to the largest use
+    and is reused; :meth:`clear` gives it back.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: Dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Buffer ``name`` as a contiguous tensor of ``shape`` (its values are whatever it held)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers = {}
+
+
+def _stacked_chunk(x: Tensor, invalid: Optional[Tensor], workspace: Optional[Workspace] = None) -> Tensor:
     """:func:`_chunk` for logits ``[C, b, h, l, S]`` of ``C`` calls at once (overwritten) -> ``[C, 4, h]``.
 
     About fifteen operations for all the calls together: on the small shapes of a check
@@ -321,7 +349,8 @@ def _stacked_chunk(x: Tensor, invalid: Optional[Tensor]) -> Tensor:
     top = x.amax(dim=-1, keepdim=True)  # a row with no un-masked key: -FILL
     max_logit = torch.maximum(top.amax(dim=(1, 3, 4)), low.neg_()).clamp_min_(0.0)
     x.sub_(top)
-    p = x.exp()  # masked keys: exp(-FILL - top) = 0
+    # masked keys: exp(-FILL - top) = 0
+    p = x.exp() if workspace is None else torch.exp(x, out=workspace.take("p", x.shape, x.dtype, x.device))
     s = p.sum(dim=-1)
     entropy = s.log().sub_(p.mul_(x).sum(dim=-1).div_(s))
     del p
@@ -344,27 +373,35 @@ def stacked_bytes(query: Tensor, key: Tensor) -> int:
     return n * (queries * keys * BYTES_PER_LOGIT + (queries + keys) * dim * 4)
 
 
-def _stacked_logits(queries: List[Tensor], keys: List[Tensor], scale: Optional[float], gqa: bool) -> Tensor:
+def _stacked(name: str, parts: List[Tensor], workspace: Optional[Workspace]) -> Tensor:
+    if workspace is None:
+        return torch.stack(parts) if len(parts) > 1 else parts[0].unsqueeze(0)
+    first = parts[0]
+    return torch.stack(parts, out=workspace.take(name, (len(parts), *first.shape), first.dtype, first.device))
+
+
+def _stacked_logits(queries: List[Tensor], keys: List[Tensor], scale: Optional[float], gqa: bool,
+                    workspace: Optional[Workspace] = None) -> Tensor:
     """``scale * q @ k^T`` of every call, float32 ``[C, N, H, L, S]``, as one batched matmul.
 
-    Its own function so that the stacked copies of ``q`` and ``k`` are freed before the
-    statistics' passes allocate theirs: the working memory's peak is the logits and one copy
-    of them, not the inputs' copies as well.
+    Its own function so that, without a workspace, the stacked copies of ``q`` and ``k`` are
+    freed before the statistics' passes allocate theirs: the working memory's peak is the
+    logits and one copy of them, not the inputs' copies as well.
     """
-    q = torch.stack(queries) if len(queries) > 1 else queries[0].unsqueeze(0)
-    k = torch.stack(keys) if len(keys) > 1 else keys[0].unsqueeze(0)
+    q, k = _stacked("q", queries, workspace), _stacked("k", keys, workspace)
     calls, batch, heads, l, dim = q.shape
     if gqa and k.shape[2] != heads:  # grouped-query attention: query head h uses key head h // group
         k = k.repeat_interleave(heads // k.shape[2], dim=2)
     s = k.shape[-2]
     q, kt = q.float(), k.float().transpose(-1, -2)
     alpha = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    return torch.baddbmm(q.new_empty(()), q.reshape(-1, l, dim), kt.reshape(-1, dim, s), beta=0.0,
-                         alpha=alpha).view(calls, batch, heads, l, s)
+    out = None if workspace is None else workspace.take("logits", (calls * batch * heads, l, s), q.dtype, q.device)
+    return torch.baddbmm(q.new_empty(()), q.reshape(-1, l, dim), kt.reshape(-1, dim, s), beta=0.0, alpha=alpha,
+                         out=out).view(calls, batch, heads, l, s)
 
 
 def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional[List[Tensor]], is_causal: bool,
-                      scale: Optional[float], enable_gqa: bool) -> Tensor:
+                      scale: Optional[float], enable_gqa: bool, workspace: Optional[Workspace] = None) -> Tensor:
     """Per call, per head sums of several SDPA calls of one signature at once: ``[C, 4, H]``.
 
     The calls' ``query`` ``(N, H, L, E)`` tensors share one shape, as do their ``key`` tensors
@@ -372,9 +409,10 @@ def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional
     ``is_causal``, ``scale`` and ``enable_gqa``. The caller keeps the calls within the memory
     budget (:func:`stacked_bytes` each); each call's rows are exactly those
     :func:`sdpa_statistics` reads. Rows: max_logit, entropy_sum, saturated_rows, rows.
+    ``workspace``: the stacked inputs, the logits and their probabilities go into its buffers.
     """
     with _quiet_math(queries[0].device):
-        x = _stacked_logits(queries, keys, scale, enable_gqa)  # [C, N, H, L, S]; the stacked inputs are gone
+        x = _stacked_logits(queries, keys, scale, enable_gqa, workspace)  # [C, N, H, L, S]
         l, s = x.shape[-2:]
         invalid: Optional[Tensor] = None
         if masks is not None:
@@ -387,7 +425,7 @@ def stacked_sdpa_sums(queries: List[Tensor], keys: List[Tensor], masks: Optional
             invalid = _apply_mask(x, m)
         if is_causal:
             invalid = _or_above_diagonal(invalid, s, 0, l, x.device)
-        return _stacked_chunk(x, invalid)
+        return _stacked_chunk(x, invalid, workspace)
 
 
 def logit_statistics(logits: Tensor, heads: Optional[int] = None, *, max_samples: Optional[int] = None,
@@ -419,5 +457,5 @@ def logit_statistics(logits: Tensor, heads: Optional[int] = None, *, max_samples
 
 
 __all__ = ["BYTES_PER_LOGIT", "ENTROPY", "HeadStatistics", "MAX_LOGIT", "SATURATED", "SATURATED_ROW_THRESHOLD",
-           "STATISTICS", "SUM_ROWS", "as_sums", "computing", "is_computing", "logit_statistics", "sdpa_statistics",
+           "STATISTICS", "SUM_ROWS", "Workspace", "as_sums", "computing", "is_computing", "logit_statistics", "sdpa_statistics",
            "stacked_bytes", "stacked_sdpa_sums", "sums_values"]

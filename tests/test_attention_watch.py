@@ -357,6 +357,40 @@ def test_micro_batches_count_and_eval_forwards_do_not() -> None:
     assert_readings(readings_of(watcher), expected)
 
 
+def test_the_workspace_is_reused_from_check_to_check_and_given_back_when_large() -> None:
+    """The batched pass writes into buffers kept between checks (no fresh pages on a CPU), two
+    shapes in one check share them, every check's values stay right; a workspace over its share
+    of the memory budget is given back after the check."""
+    model, _, _ = gqa()
+    watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
+    watcher.start()
+    watch = watcher.attention
+    assert watch is not None
+    addresses: List[Dict[str, Tensor]] = []
+    for step, seed in enumerate((3, 4, 5)):
+        xs = [rnd(3, 5, 16, s=seed), rnd(2, 7, 16, s=seed + 10)]  # two shapes: two batched passes
+        for x in xs:
+            model(x).sum().backward()
+        watcher.step(step)
+        expected = {"1": combine([sdpa_reference(*_gqa_inputs(model, x), is_causal=True, scale=0.9,
+                                                 enable_gqa=True) for x in xs])}
+        assert_readings(readings_of(watcher), expected)
+        addresses.append(dict(watch.workspace._buffers))  # the tensors themselves (an address may come back)
+    assert addresses[0] and all(set(a) == set(addresses[0]) and all(a[n] is addresses[0][n] for n in a)
+                                for a in addresses[1:]), addresses
+    kept = watch.workspace.nbytes
+    watcher.close()
+    assert watch.workspace.nbytes == 0  # closed: given back
+
+    small = ScaleWatcher(model, every_n_steps=1, attention={"memory_mib": kept * 4 / 2 ** 20}, plot=False)
+    small.start()
+    model(rnd(3, 5, 16, s=3)).sum().backward()
+    small.step(0)
+    assert small.attention is not None and small.attention.workspace.nbytes == 0  # over an eighth: not kept
+    assert readings_of(small)
+    small.close()
+
+
 def _gqa_inputs(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
     with torch.no_grad():
         h, m = model[0](x), model[1]
