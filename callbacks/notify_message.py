@@ -18,6 +18,12 @@ MEANING = {
     NEAR_UPPER: "close to its upper bound: the softmax it feeds is near saturation",
     NEAR_LOWER: "close to its lower bound: little modulation is left",
 }
+#: the same, for an attention statistic (its bound is a threshold on the softmax itself)
+ATTENTION_MEANING = {
+    NON_FINITE: "the attention logits are NaN/Inf: training has diverged or overflowed",
+    NEAR_UPPER: "the attention logits approach the threshold: the softmax is saturating (Kimi K2's MaxLogit, "
+                "which QK-Clip caps)",
+}
 # Most urgent first, so a long message leads with what needs a person.
 _ORDER = {kind: i for i, kind in enumerate(MEANING)}
 _FAILURES = (NON_FINITE, PINNED)
@@ -61,8 +67,13 @@ def format_message(run_name: str, step: int, alerts: Sequence[Alert],
     for a in ordered[:max_listed]:
         lines.append(f"{a.kind} · {a.name} · step {a.step}")
         scale, raw, grad = (format_number(v, missing="n/a") for v in (a.scale, a.raw, a.grad))
-        lines.append(f"scale {scale} in {format_range(a.min, a.max, fmt='.4g')} · raw {raw} · grad {grad}")
-        lines.append(f"→ {MEANING.get(a.kind, a.message)}")
+        if a.attention is not None:  # a statistic of the softmax: its value and threshold, no raw, no gradient
+            top = "" if a.max is None else f" · threshold {format_number(a.max)}"
+            lines.append(f"{a.attention} {scale}{top}")
+            lines.append(f"→ {ATTENTION_MEANING.get(a.kind, a.message)}")
+        else:
+            lines.append(f"scale {scale} in {format_range(a.min, a.max, fmt='.4g')} · raw {raw} · grad {grad}")
+            lines.append(f"→ {MEANING.get(a.kind, a.message)}")
         todo = alert_advice(a)  # the pinned alert's one line of what to change (monitor/advice.py)
         if todo:
             lines.append(f"→ {todo}")

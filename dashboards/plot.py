@@ -33,7 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from scalewatch.dashboards.history_columns import HistoryColumns  # noqa: E402
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, collect_series  # noqa: E402
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, attention_label, collect_series  # noqa: E402
 from scalewatch.dashboards.thinning import MAX_DRAWN_POINTS, band_envelope, envelope  # noqa: E402,F401
 from scalewatch.dashboards.tensor_series import (TensorSeries, element_label, group_series,  # noqa: E402
                                                  outside_mask, rank, shown_values, values)
@@ -235,7 +235,7 @@ def _draw_tensor(ax: Axes, t: TensorSeries, max_points: int) -> None:
     steps, low, high = t.band("scale", leave_out=named)
     x, lo, hi = band_envelope(steps, shown_values(t, low), shown_values(t, high), max_points)
     ax.fill_between(x, lo, hi, color="tab:blue", alpha=0.22, lw=0, zorder=2,
-                    label=_shown_label(t, "scale") + f", min..max\nof {_band_members(n, named)}")
+                    label=_value_label(t) + f", min..max\nof {_band_members(n, named, t.members)}")
     for edge in (lo, hi):
         ax.plot(x, edge, color="tab:blue", lw=0.8, alpha=0.8, zorder=2)
     shown = [lo, hi, shown_values(t, np.array([t.min, t.max]))]
@@ -263,23 +263,23 @@ def _draw_tensor(ax: Axes, t: TensorSeries, max_points: int) -> None:
                        label=f"alert: {kind}")
     _, low_all, high_all = t.band("scale")
     last = f"{t.shown(low_all[-1]):.4g}..{t.shown(high_all[-1]):.4g}"
-    head = f"{t.name}   {n} elements, {len(alerted)} alerted   last {last}"
+    head = f"{t.name}   {n} {t.members}, {len(alerted)} alerted   last {last}"
     _finish_panel(ax, t, np.concatenate(shown), head)
 
 
-def _band_members(n: int, named: int) -> str:
-    """Which elements a band spans: all ``n``, or the ones not drawn on their own."""
-    return f"all {n} elements" if named == 0 or named == n else f"the other {n - named} elements"
+def _band_members(n: int, named: int, members: str = "elements") -> str:
+    """Which elements (or heads) a band spans: all ``n``, or the ones not drawn on their own."""
+    return f"all {n} {members}" if named == 0 or named == n else f"the other {n - named} {members}"
 
 
-#: what an attention statistic's panel shows, on its y axis
-ATTENTION_LABELS = {"max_logit": "max |logit|", "entropy": "row entropy (nats)", "saturated": "rows with p > 0.99"}
+#: statistics that are never negative: their y axis starts just below 0
+NON_NEGATIVE = ("max_logit", "entropy", "saturated")
 
 
 def _value_label(b: ScaleBounds) -> str:
     """The y axis: the scale (as shown), or the softmax statistic an attention record holds."""
     if b.attention is not None:
-        return ATTENTION_LABELS.get(b.attention, b.attention)
+        return attention_label(b.attention)
     return "scale" if b.display == IDENTITY else f"{b.display}(scale)"
 
 
@@ -287,8 +287,11 @@ def _finish_panel(ax: Axes, b: ScaleBounds, shown: np.ndarray, head: str) -> Non
     """Y range, title (with the range and display), axis label, grid, legend."""
     lo_hi = shown_values(b, np.array([b.min, b.max]))
     _y_range(ax, shown[np.isfinite(shown)], float(lo_hi[1] - lo_hi[0]))
+    if b.attention in NON_NEGATIVE:
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, -0.04 * high), high)
     shown_as = "" if b.display == IDENTITY else f"   ({b.display} shown)"
-    ax.set_title(f"{head}   range {b.range_text()}{shown_as}", fontsize=10, loc="left")
+    ax.set_title(f"{head}   {b.bounds_phrase()}{shown_as}", fontsize=10, loc="left")
     ax.set_ylabel(_value_label(b))
     ax.grid(alpha=0.3)
     _legend(ax)
@@ -322,7 +325,8 @@ def _bound_lines(ax: Axes, s: ScaleBounds) -> None:
         lines = [(s.max, dict(color="red", ls="--", lw=1.2), f"{top} = {s.max:g}"),
                  (s.min, dict(color="darkred", ls="--", lw=1.2), f"min_scale = {s.min:g}"),
                  (s.upper_warning, dict(color="goldenrod", ls=":", lw=1.3),
-                  f"near_upper above {s.warn_fraction:g} x max = {s.upper_warning:.3g}"),
+                  f"near_upper above {s.warn_fraction:g} x {'threshold' if s.attention else 'max'}"
+                  f" = {s.upper_warning:.3g}"),
                  (s.lower_warning, dict(color="mediumpurple", ls=":", lw=1.1),
                   f"near_lower below {s.lower_warning:.3g}")]
     else:
@@ -539,7 +543,7 @@ def _draw_compare_panel(ax: Axes, name: str, entries: Sequence[Tuple[TensorSerie
             s = t.elements[0]
             x, y = envelope(values(s.steps), to_y(values(s.scale)), max_points)
             last = f"{t.shown(values(s.scale)[-1]):.3g}"
-            ax.plot(x, y, color=color, lw=1.7, zorder=3, label=f"{label}  {t.range_text()}  last {last}")
+            ax.plot(x, y, color=color, lw=1.7, zorder=3, label=f"{label}  {t.bounds_text()}  last {last}")
             shown.append(y[np.isfinite(y)])
         else:
             _, low_all, high_all = t.band("scale")
@@ -548,8 +552,8 @@ def _draw_compare_panel(ax: Axes, name: str, entries: Sequence[Tuple[TensorSerie
             steps, low, high = t.band("scale", leave_out=named)  # the alerted ones are drawn on their own
             x, lo, hi = band_envelope(steps, to_y(low), to_y(high), max_points)
             ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0, zorder=2,
-                            label=f"{label}  {t.range_text()}  last {last}\n"
-                                  f"  band: {_band_members(t.element_count, named)}")
+                            label=f"{label}  {t.bounds_text()}  last {last}\n"
+                                  f"  band: {_band_members(t.element_count, named, t.members)}")
             for edge in (lo, hi):  # a band of no height still shows
                 ax.plot(x, edge, color=color, lw=1.0, zorder=2)
             shown += [lo[np.isfinite(lo)], hi[np.isfinite(hi)]]

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from scalewatch.dashboards.element_groups import ElementGroup, grouped
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound, attention_label
 from scalewatch.dashboards.sources import HISTORY, Source
 from scalewatch.monitor.display import IDENTITY, format_number
 from scalewatch.monitor.history import ReadProblems
@@ -70,7 +70,7 @@ class ScaleSummary(ScaleBounds):
         if n == 0:
             return
         self.min, self.max, self.warn_fraction, self.bound = s.min, s.max, s.warn_fraction, s.bound
-        self.tensor, self.index, self.display = s.tensor, s.index, s.display
+        self.tensor, self.index, self.display, self.attention = s.tensor, s.index, s.display, s.attention
         self.logged_elements = max(self.logged_elements, s.logged_elements)
         steps = np.asarray(s.steps, dtype=np.float64)
         scale = np.asarray(s.scale, dtype=np.float64)
@@ -315,8 +315,9 @@ def _all_alerts(summaries: List[ScaleSummary]) -> List[Tuple[int, ScaleSummary, 
 
 
 def bounds_cell(s: ScaleBounds) -> str:
-    """``[min, max]`` for a table cell, as shown; a missing bound open: ``(-inf, 4.605]``."""
-    return s.range_text(".4g")
+    """``[min, max]`` for a table cell, as shown; a missing bound open: ``(-inf, 4.605]``; an attention
+    statistic's threshold (``threshold 100``) or ``no bound``."""
+    return s.bounds_text(".4g")
 
 
 def shown_cell(s: ScaleBounds, value: float) -> str:
@@ -373,8 +374,9 @@ def report_text(summaries: List[ScaleSummary], source: str, advice: Optional[Seq
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
             raw = "" if s.display == IDENTITY else f" (raw {format_number(value)})"
-            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  scale={shown_cell(s, value)}{raw}  "
-                         f"range {bounds_cell(s)}")
+            what = "scale" if s.attention is None else attention_label(s.attention)
+            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  {what}={shown_cell(s, value)}{raw}  "
+                         f"{s.bounds_phrase('.4g')}")
     if advice is not None:
         from scalewatch.monitor.advice import advice_lines
 

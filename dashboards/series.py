@@ -31,6 +31,15 @@ def group_of(record: Dict[str, Any]) -> str:
     return record.get("tensor") or record["name"]
 
 
+#: what an attention statistic is, in words (panel axes, legends, the watch view)
+ATTENTION_LABELS = {"max_logit": "max |logit|", "entropy": "row entropy (nats)", "saturated": "rows with p > 0.99"}
+
+
+def attention_label(statistic: str) -> str:
+    """An attention statistic's name in words (an unknown one as it is)."""
+    return ATTENTION_LABELS.get(statistic, statistic)
+
+
 @dataclass
 class ScaleBounds:
     """A scale's name, bounds and warning lines, as the latest record gives them.
@@ -89,6 +98,22 @@ class ScaleBounds:
     def range_text(self, fmt: str = "g") -> str:
         """The bounds as shown, a missing side open: ``[0.5, 5]``, ``(-inf, 4.605]``, exp: ``[1, 100]``."""
         return format_range(as_bound(self.min), as_bound(self.max), self.display, fmt)
+
+    def bounds_text(self, fmt: str = "g") -> str:
+        """The bounds for a title, a legend or a table: a scale's range (:meth:`range_text`); an attention
+        statistic has at most a threshold (``threshold 100``: max_logit's), else ``no bound``."""
+        if self.attention is None:
+            return self.range_text(fmt)
+        return "no bound" if self.max != self.max else f"threshold {format(self.shown(self.max), fmt)}"
+
+    def bounds_phrase(self, fmt: str = "g") -> str:
+        """:meth:`bounds_text` in a sentence: ``range [0.5, 5]``, ``threshold 100``, ``no bound``."""
+        return f"range {self.range_text(fmt)}" if self.attention is None else self.bounds_text(fmt)
+
+    @property
+    def members(self) -> str:
+        """What the elements of its tensor are: an attention statistic's are heads."""
+        return "elements" if self.attention is None else "heads"
 
 
 #: where a scale's bounds took new values: (index of the first reading, min, max, warn_fraction)

@@ -28,7 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scalewatch.dashboards.series import as_float
+from scalewatch.dashboards.series import as_float, attention_label
 from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.history.follower import READ_CHUNK, HistoryFollower  # noqa: F401 (moved; importable here)
 from scalewatch.monitor import rules
@@ -199,13 +199,15 @@ def _position(value: float, lo: float, hi: float, width: int) -> Optional[int]:
 def bar_range(record: Dict[str, Any], value: Optional[float] = None) -> Tuple[float, float]:
     """The ends of the bar, in shown units: the bounds; a missing one is put so the value sits mid-bar.
 
-    (With ``display="exp"`` a missing lower bound is 0, what exp(-inf) shows as.)
+    (With ``display="exp"`` a missing lower bound is 0, what exp(-inf) shows as; an attention
+    statistic's too: it is never negative.)
     """
     lo, hi = _shown(record, record.get("min")), _shown(record, record.get("max"))
     v = _shown(record, record.get("scale")) if value is None else value
     v = v if math.isfinite(v) else math.nan
     if math.isnan(lo) and not math.isnan(hi):
-        lo = 0.0 if _display(record) != IDENTITY else min(hi - 1.0, v - (hi - v) if v == v else hi - 1.0)
+        lo = 0.0 if _display(record) != IDENTITY or record.get("attention") else \
+            min(hi - 1.0, v - (hi - v) if v == v else hi - 1.0)
     elif math.isnan(hi) and not math.isnan(lo):
         hi = max(lo + 1.0, v + (v - lo) if v == v else lo + 1.0)
     return lo, hi
@@ -243,6 +245,8 @@ def _end_labels(record: Dict[str, Any]) -> Tuple[str, str]:
     """The bar's end labels, as shown; a missing bound as format_range shows it open (``-inf``, exp: ``0``)."""
     lo, hi = record.get("min"), record.get("max")
     open_lo, open_hi = format_range(None, None, _display(record))[1:-1].split(", ")
+    if record.get("attention"):  # never negative: its bar starts at 0 (bar_range)
+        open_lo = "0"
     return (open_lo if lo is None else format_number(_shown(record, lo))), (open_hi if hi is None else format_number(_shown(record, hi)))
 
 
@@ -275,6 +279,17 @@ def bar_ascii(record: Dict[str, Any], width: int = 20, band: Optional[Tuple[floa
     raw = {"<": " raw<min", ">": " raw>max"}.get(side, "")
     left, right = _end_labels(record)
     return f"{left} [{inner}] {right}{raw}"
+
+
+def _recent_span(values: List[float], floor: Optional[float] = None) -> Tuple[float, float]:
+    """The finite values' smallest and largest (from ``floor`` when given), a flat run given room."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    lo, hi = min(finite), max(finite)
+    if floor is not None:
+        lo = min(lo, floor)
+    return lo, hi if hi > lo else lo + 1.0
 
 
 def sparkline(values: Any, lo: float, hi: float, unicode: bool = True) -> str:
@@ -369,6 +384,8 @@ def scale_table(rows: List[Row], width: int, unicode: bool = True) -> Table:
         if spark_w:
             lo, hi = bar_range(r)
             recent = [_shown(r, v) for v in row.recent[-spark_w:]]
+            if not (math.isfinite(lo) and math.isfinite(hi)):  # no bound at all: the recent values' own span
+                lo, hi = _recent_span(recent, 0.0 if r.get("attention") else None)
             line.append(Text(sparkline(recent, lo, hi, unicode), style="cyan"))
         if show_now:
             line.append(_status(row))
@@ -432,7 +449,8 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
     for i, (step, name, kind, value) in enumerate(alerts):
         body.append(("\n" if i else "") + f"step {step:>7}  ", style="dim")
         body.append(f"{kind:<10}", style=_STATUS_STYLE.get(kind, "bold red"))
-        body.append(f"  {name}  scale={_alert_value(state.scales[name].last if name in state.scales else {}, value)}")
+        record = state.scales[name].last if name in state.scales else {}
+        body.append(f"  {name}  {_value_name(record)}={_alert_value(record, value)}")
     if not alerts:
         body.append("none yet", style="green")
     earlier = state.alert_count - len(alerts)
@@ -454,6 +472,8 @@ def plain_line(record: Dict[str, Any]) -> str:
     """One reading as one ASCII line, for logs and grep."""
     held = holding_now(record)
     status = " ".join(k.upper() for k in held) or "ok"
+    if record.get("attention"):
+        return _plain_attention(record, record.get("name"), format_number(record.get("scale")), status)
     display = _display(record)
     scale = format_number(_shown(record, record.get("scale"))) + ("" if display == IDENTITY else f" ({display})")
     return (f"step {record.get('step')}  {record.get('name')}  scale={scale}  "
@@ -466,18 +486,35 @@ def plain_tensor_line(row: Row) -> str:
     display = _display(r)
     step, value, raw, grad = _row_cells(row)
     status = " ".join(line.upper() for line in row.status()) or "ok"
+    if r.get("attention"):
+        return _plain_attention(r, f"{row.name} ({row.elements} heads)", value, status)
     shown = "" if display == IDENTITY else f" ({display})"
     return (f"step {step}  {row.name} ({row.elements} elements)  scale={value}{shown}  raw={raw}  grad={grad}  "
             f"{bar_ascii(r, band=row.band)}  {status}")
 
 
+def _plain_attention(record: Dict[str, Any], name: Any, value: str, status: str) -> str:
+    """An attention statistic's line: what it is and its value, its threshold if it has one (no gradient, no range)."""
+    top = as_float(record.get("max"))
+    threshold = "" if top != top else f"  threshold {format_number(top)}"
+    return f"step {record.get('step')}  {name}  {attention_label(record['attention'])}={value}{threshold}  {status}"
+
+
+def _value_name(record: Dict[str, Any]) -> str:
+    """What a record's value is: ``scale``, or the softmax statistic an attention record holds."""
+    return attention_label(record["attention"]) if record.get("attention") else "scale"
+
+
 def plain_alert(alert: SeenAlert, record: Optional[Dict[str, Any]] = None) -> str:
     step, name, kind, value = alert
     where = ""
-    if record:
+    if record and record.get("attention"):
+        top = as_float(record.get("max"))
+        where = "" if top != top else f"  threshold {format_number(top)}"
+    elif record:
         where = f"  range {format_range(record.get('min'), record.get('max'), _display(record), '.4g')}"
     shown = _alert_value(record or {}, value)
-    return f"ALERT step {step}  {kind}  {name}  scale={shown}{where}"
+    return f"ALERT step {step}  {kind}  {name}  {_value_name(record or {})}={shown}{where}"
 
 
 # ---- the loop --------------------------------------------------------------------------

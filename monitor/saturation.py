@@ -52,12 +52,23 @@ class Alert:
     min: Optional[float]
     max: Optional[float]
     message: str
+    #: the softmax statistic an attention reading is (``max_logit``, ...; its ``max`` is a threshold), else None
+    attention: Optional[str] = None
 
     def to_record(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def _message(kind: str, r: Reading, warn_fraction: float, patience: int) -> str:
+def _message(kind: str, r: Reading, warn_fraction: float, patience: int, attention: Optional[str] = None) -> str:
+    if attention is not None and kind in (NEAR_UPPER, NON_FINITE):  # a statistic of the softmax, not a scale
+        where = f"{r.name} at step {r.step}: {attention}={r.scale:.4g}"
+        if r.max is None:
+            return f"Attention {attention} is not finite! {where}"
+        where += f" (threshold {format_number(r.max)})"
+        if kind == NEAR_UPPER:
+            return (f"Attention {attention} near its threshold! {where}; above {warn_fraction:g} x threshold = "
+                    f"{format_number(upper_warning(r.max, warn_fraction))}: the softmax is saturating")
+        return f"Attention {attention} is not finite! {where}"
     where = (f"{r.name} at step {r.step}: scale={r.scale:.4g} (range {format_range(r.min, r.max)}), "
              f"raw={r.raw:.4g}, grad={format_number(r.grad, '.3g', missing='None')}")
     if r.display != IDENTITY:
@@ -158,11 +169,14 @@ class SaturationTracker:
             if row is not None:  # not read at this check (another optimizer's scale): its state stays
                 todo.add(row)
         alerts: List[Alert] = []
+        fields = getattr(columns.layout, "record_fields", None) or ()
         for i in sorted(todo):
-            alerts.extend(self._apply(columns.reading(i), {kind: bool(masks[kind][i]) for kind in ALERT_KINDS}))
+            attention = (fields[i] or {}).get("attention") if fields else None
+            alerts.extend(self._apply(columns.reading(i), {kind: bool(masks[kind][i]) for kind in ALERT_KINDS},
+                                      attention))
         return alerts
 
-    def _apply(self, r: Reading, held: Dict[str, bool]) -> List[Alert]:
+    def _apply(self, r: Reading, held: Dict[str, bool], attention: Optional[str] = None) -> List[Alert]:
         name = r.name
         streak = self._pinned_streak.get(name, 0) + 1 if held[PINNED] else 0
         if streak:
@@ -176,7 +190,8 @@ class SaturationTracker:
             if held[kind] and kind not in active:
                 active.append(kind)
                 fired.append(Alert(kind=kind, name=name, step=r.step, scale=r.scale, raw=r.raw, grad=r.grad,
-                                   min=r.min, max=r.max, message=_message(kind, r, self.warn_fraction, self.patience)))
+                                   min=r.min, max=r.max, attention=attention,
+                                   message=_message(kind, r, self.warn_fraction, self.patience, attention)))
             elif not held[kind] and kind in active and (kind != PINNED or streak == 0):
                 active.remove(kind)
         if active:

@@ -592,6 +592,13 @@ def test_records_rules_loggers_and_views(tmp_path: Any, capsys: Any) -> None:
     assert len(records) == 3 * 6
     kinds = {(a.name.split("[")[0], a.kind) for a in alerts}
     assert kinds == {("1.max_logit", "near_upper")}  # one per crossing, never pinned
+    # an alert says it is the softmax's statistic against its threshold, not a scale near max_scale
+    from scalewatch.callbacks.notify_message import format_message
+
+    assert all(a.attention == "max_logit" and a.message.startswith("Attention max_logit near its threshold!")
+               and "max_scale" not in a.message and "threshold 0.5" in a.message for a in alerts), alerts[0].message
+    _, body = format_message("run", 1, alerts[:1], {})
+    assert f"max_logit {alerts[0].scale:.4g} · threshold 0.5" in body and "grad" not in body, body
     # logger keys, and the loggers learnt the names when they first appeared
     assert sink.metrics[1]["scalewatch/1.max_logit[0]/scale"] == by_name["1.max_logit[0]"]["scale"]
     assert sink.metrics[1]["scalewatch/1.max_logit[0]/max"] == threshold
@@ -605,6 +612,18 @@ def test_records_rules_loggers_and_views(tmp_path: Any, capsys: Any) -> None:
         assert cli(argv) == 0, argv
     out = capsys.readouterr().out
     assert "1.max_logit" in out and "1.entropy" in out
+    # the report's bounds column: max_logit's threshold, no bound for the others (not a scale's open range)
+    assert cli(["report", run]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("1.")}
+    assert "threshold " in rows["1.max_logit"] and "no bound" in rows["1.entropy"] and "no bound" in rows[
+        "1.saturated"] and "(-inf, inf)" not in out, rows
+    # the watch's lines say what a statistic is, its threshold, and no gradient or open range
+    assert cli(["watch", "--once", "--plain", run]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ".max_logit" in line or ".entropy" in line]
+    assert any(" 1.max_logit (6 heads)  max |logit|=" in line and "  threshold " in line for line in lines), lines
+    assert any(" 1.entropy (6 heads)  row entropy (nats)=" in line for line in lines), lines
+    assert not any("grad=" in line or "inf" in line for line in lines), lines
 
 
 
@@ -630,6 +649,8 @@ def test_the_plot_draws_no_gradient_strip_for_attention(tmp_path: Any) -> None:
         # each panel names what it shows: the scale, or the statistic (and max_logit's bound is a threshold)
         labels = [ax.get_ylabel() for ax in fig.axes if ax not in strips]
         legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        titles = [ax.get_title("left") for ax in fig.axes if ax not in strips]
+        limits = [ax.get_ylim() for ax in fig.axes if ax not in strips][1:]
     finally:
         import matplotlib.pyplot as plt
 
@@ -639,6 +660,13 @@ def test_the_plot_draws_no_gradient_strip_for_attention(tmp_path: Any) -> None:
     assert len(strips) == 1 and "no gradient readings" not in texts  # under the scale only: no empty strip
     assert labels == ["scale", "max |logit|", "row entropy (nats)", "rows with p > 0.99"], labels
     assert "threshold = 100" in legends and "max_scale = 100" not in legends, legends
+    assert "near_upper above 0.9 x threshold = 90" in legends, legends
+    # a statistic's band, title and bounds say what it is: heads, a threshold or no bound, not a scale's range
+    assert "max |logit|, min..max\nof all 2 heads" in legends and "row entropy (nats), min..max\nof all 2 heads" \
+        in legends and not any(lbl.startswith("scale, min..max") for lbl in legends), legends
+    assert titles[1].endswith("threshold 100") and " 2 heads, " in titles[1], titles
+    assert titles[2].endswith("no bound") and titles[3].endswith("no bound") and "inf" not in "".join(titles[1:])
+    assert all(low >= -0.04 * high - 1e-12 for low, high in limits), limits  # never negative: the axis starts at ~0
     png = imread(os.path.join(tmp_path, "scale_history.png"))
     assert png.shape[0] == round(height * 110)  # the written PNG has this layout (dpi 110): no strip's height
     assert not never_had_gradient(watcher_series_of(watcher.history_path, "attention_bias"))
