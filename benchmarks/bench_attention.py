@@ -161,10 +161,13 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
         in_sdpa[0] = 0.0
         F.scaled_dot_product_attention = timed_sdpa
         try:
-            loss_of()  # its attention calls' time alone (a training forward, its graph dropped)
+            loss = loss_of()  # its attention calls' time alone
         finally:
             F.scaled_dot_product_attention = sdpa
         attention.append(in_sdpa[0])
+        loss.backward()  # a whole step: each timed forward below comes after an optimizer step, as in a loop
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         # a training step without the watch, then a check step with it: forward, backward, the
         # check where a loop makes it (after the backward, before the optimizer step), step
         forward(plain).backward()
