@@ -257,34 +257,41 @@ KEPT_BUDGET_SHARE = 1 / 8
 class RankSums:
     """One rank's attention sums at a check, as its part of one ``all_reduce`` (SUM, float64).
 
-    ``payload``: a header ``[1, fingerprint, fingerprint², n]`` (summed: the rank count and
-    whether every rank saw the same modules), then a ``[ranks, n]`` block in which this rank
-    wrote its ``[4, heads]`` sums per module into its own row, zeros elsewhere, so that the sum
-    brings every rank's sums to every rank exactly (a value plus zeros) and the maximum is taken
-    locally: no second collective for the maximum. :meth:`reduced` reads the summed buffer on
-    the host: max_logit the largest over the ranks, the other rows summed (entropy and saturated
-    share become the row-weighted means over the global batch).
+    ``payload``: a header ``[1, fingerprint, fingerprint², new]`` (summed: the rank count, whether
+    every rank holds the same agreed modules, how many ranks saw a module not agreed on yet), then
+    a ``[ranks, n]`` block over the modules the ranks have agreed on, in which this rank wrote its
+    ``[4, heads]`` sums per module into its own row, zeros elsewhere, so that the sum brings every
+    rank's sums to every rank exactly (a value plus zeros) and the maximum is taken locally: no
+    second collective for the maximum. The payload has the same size on every rank whatever
+    modules each ran (a collective of mismatched sizes aborts a gloo process and hands the other
+    garbage). :meth:`reduced` reads the summed buffer on the host: max_logit the largest over the
+    ranks, the other rows summed (entropy and saturated share become the row-weighted means over
+    the global batch); when some rank saw a module not agreed on yet (the first check, or a module
+    that runs on some ranks only), the ranks first agree on the union of their modules and reduce
+    again, in collectives of their own.
     """
 
-    def __init__(self, keys: List[Tuple[str, int]], payload: Tensor, fingerprint: float, rank: int, world: int,
-                 own: Set[Tuple[str, int]]) -> None:
-        self.keys, self.payload, self.fingerprint = keys, payload, fingerprint
-        self.rank, self.world, self.own = rank, world, own
+    def __init__(self, watch: "AttentionWatch", sums: Dict[Tuple[str, int], Tensor], keys: List[Tuple[str, int]],
+                 payload: Tensor, fingerprint: float, rank: int, world: int) -> None:
+        self.watch, self.sums, self.keys, self.payload, self.fingerprint = watch, sums, keys, payload, fingerprint
+        self.rank, self.world = rank, world
 
     def reduced(self, summed: Any) -> Dict[Tuple[str, int], Tensor]:
         """Every rank's sums per module (float32 ``[4, heads]`` CPU tensors) from the summed payload (numpy).
 
         Raises:
-            RuntimeError: when the ranks did not see the same attention modules at this check.
+            RuntimeError: when the ranks' agreed modules differ (they reached different checks).
         """
         import numpy as np
 
         world, fp = self.world, self.fingerprint
+        if summed[3] > 0:  # a module some rank saw is not agreed on yet: agree on all of them, reduce again
+            return self.watch.agree_and_reduce(self.sums)
         n = sum(4 * heads for _, heads in self.keys)
-        if summed[:4].tolist() != [world, world * fp, world * fp * fp, world * n]:
-            raise RuntimeError(f"scalewatch attention statistics: the ranks saw different attention modules at this "
-                               f"check (rank {self.rank}: {[k[0] for k in self.keys]}); every rank must run the same "
-                               "attention modules in the forwards of a check step")
+        if summed[:3].tolist() != [world, world * fp, world * fp * fp]:
+            raise RuntimeError(f"scalewatch attention statistics: the ranks hold different attention modules at this "
+                               f"check (rank {self.rank}: {[k[0] for k in self.keys]}); every rank must call step() at "
+                               "every step")
         every = np.asarray(summed[4:4 + world * n]).reshape(world, n)
         first = np.zeros(n, dtype=bool)  # the max_logit row of each module
         at = 0
@@ -296,7 +303,7 @@ class RankSums:
         at = 0
         for key in self.keys:
             size = 4 * key[1]
-            if key in self.own or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
+            if key in self.sums or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
                 out[key] = torch.from_numpy(joined[at:at + size].reshape(4, key[1]).copy())
             at += size
         return out
@@ -341,6 +348,8 @@ class AttentionWatch:
         self._presence: List[nn.Module] = []  # the model's children: did any of it run?
         self._hooks: List[Any] = []
         self._presence_hooked = False
+        # under torch.distributed: the modules every rank's payload has a place for, the same list on every rank
+        self._agreed: List[Tuple[str, int]] = []
         #: every statistic known so far, in the order first seen: (path, heads) -> its three readings' handles
         self.stats: Dict[Tuple[str, int], List[AttentionStat]] = {}
         self._names: Dict[Tuple[str, int], str] = {}
@@ -583,22 +592,26 @@ class AttentionWatch:
                 if _world() > 1:  # every rank's batch: the global batch's statistics, the same on every rank
                     sums = self._over_ranks(sums)
             keys = [k for k in self.stats if k in sums] + [k for k in sums if k not in self.stats]
-            if keys:
-                values = sums_values(torch.stack([sums[k] for k in keys]))  # [modules, 3, heads] at once
-                for key, v in zip(keys, values.unbind(0)):
-                    handles = self.stats.get(key)
-                    stat_values = v.unbind(0)
-                    if handles is None:
-                        name = self._name_for(key)
-                        handles = self.stats[key] = [_stat(name, s, t, threshold)
-                                                     for s, t in zip(STATISTICS, stat_values)]
-                        for h in handles:
-                            self.statistic_of[h.name] = h.statistic
-                        added = True
-                    else:
-                        for h, t in zip(handles, stat_values):
-                            h.raw = t
-                    out.extend(handles)
+            by_heads: Dict[int, List[Tuple[str, int]]] = {}
+            for key in keys:  # modules of one head count at once: [modules, 3, heads]
+                by_heads.setdefault(key[1], []).append(key)
+            values: Dict[Tuple[str, int], Tensor] = {}
+            for group in by_heads.values():
+                values.update(zip(group, sums_values(torch.stack([sums[k] for k in group])).unbind(0)))
+            for key in keys:
+                handles = self.stats.get(key)
+                stat_values = values[key].unbind(0)
+                if handles is None:
+                    name = self._name_for(key)
+                    handles = self.stats[key] = [_stat(name, s, t, threshold)
+                                                 for s, t in zip(STATISTICS, stat_values)]
+                    for h in handles:
+                        self.statistic_of[h.name] = h.statistic
+                    added = True
+                else:
+                    for h, t in zip(handles, stat_values):
+                        h.raw = t
+                out.extend(handles)
         had = bool(self._results)
         if forwards_watched:
             self._diagnose(had)
@@ -613,44 +626,62 @@ class AttentionWatch:
             self._hook_diagnosis()
         return out, added
 
-    def rank_sums(self) -> Optional["RankSums"]:
+    def rank_sums(self) -> "RankSums":
         """This check's sums as this rank's part of a collective, for a reader that reduces them together
-        with the scales' values (one collective per check); ``None`` when there is nothing to reduce.
-        :meth:`collect` with the :class:`RankSums` once its ``summed`` buffer came back."""
+        with the scales' values (one collective per check). :meth:`collect` with the
+        :meth:`RankSums.reduced` of its ``summed`` buffer once it came back. Every rank gives one,
+        of the same size, also one that ran no attention at this check."""
         with computing():
             return self._rank_payload(self._sums())
 
-    def _rank_payload(self, sums: Dict[Tuple[str, int], Tensor]) -> Optional["RankSums"]:
+    def _rank_payload(self, sums: Dict[Tuple[str, int], Tensor]) -> "RankSums":
         import torch.distributed as dist
 
-        keys = list(dict.fromkeys([*self.stats, *sums]))  # the same order on every rank
-        if not keys:
-            return None
+        keys = self._agreed  # the same on every rank: grown only by agree_and_reduce
+        agreed = set(keys)
+        new = any(k not in agreed for k in sums)
         device = next(iter(sums.values())).device if sums else torch.device("cpu")
         if str(dist.get_backend()) == "gloo":
             device = torch.device("cpu")
-        parts = [(sums[k] if k in sums else torch.zeros(4, k[1], device=device)).to(device, torch.float64).reshape(-1)
-                 for k in keys]
-        n = sum(p.numel() for p in parts)
+        n = sum(4 * heads for _, heads in keys)
         rank, world = dist.get_rank(), dist.get_world_size()
         fp = float(zlib.crc32("\n".join(f"{path}:{heads}" for path, heads in keys).encode()) & 0xFFFFF)
         buf = torch.zeros(4 + world * n, dtype=torch.float64, device=device)
-        buf[:4] = torch.tensor([1.0, fp, fp * fp, float(n)], dtype=torch.float64)
-        torch.cat(parts, out=buf[4 + rank * n:4 + (rank + 1) * n])
-        return RankSums(keys, buf, fp, rank, world, set(sums))
+        buf[:4] = torch.tensor([1.0, fp, fp * fp, float(new)], dtype=torch.float64)
+        if n:
+            parts = [(sums[k] if k in sums else torch.zeros(4, k[1], device=device)).to(device, torch.float64)
+                     .reshape(-1) for k in keys]
+            torch.cat(parts, out=buf[4 + rank * n:4 + (rank + 1) * n])
+        return RankSums(self, sums, list(keys), buf, fp, rank, world)
+
+    def agree_and_reduce(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:
+        """Every rank adds the modules any rank saw to the agreed ones (in rank order, then call order),
+        then the sums are reduced over them. Every rank calls it at the same check: each learnt from
+        the summed header that some rank saw a module not agreed on yet."""
+        import torch.distributed as dist
+
+        agreed = set(self._agreed)
+        seen: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, [k for k in sums if k not in agreed])
+        for keys in seen:
+            for key in keys or ():
+                key = (str(key[0]), int(key[1]))
+                if key not in agreed:
+                    agreed.add(key)
+                    self._agreed.append(key)
+        return self._reduce(self._rank_payload(sums))
 
     def _over_ranks(self, sums: Dict[Tuple[str, int], Tensor]) -> Dict[Tuple[str, int], Tensor]:
         """The sums of every rank's calls, in a collective of their own (no watched scale to share one with).
 
         Raises:
-            RuntimeError: when the ranks did not see the same attention modules at this check,
-                or a rank did not come within the collective timeout.
+            RuntimeError: a rank did not come within the collective timeout.
         """
+        return self._reduce(self._rank_payload(sums))
+
+    def _reduce(self, mine: "RankSums") -> Dict[Tuple[str, int], Tensor]:
         from scalewatch.monitor.sharded import COLLECTIVE_TIMEOUT_ENV, all_reduce_within, collective_timeout
 
-        mine = self._rank_payload(sums)
-        if mine is None:
-            return sums
         timeout = collective_timeout()
         if not all_reduce_within(mine.payload, timeout):
             raise RuntimeError(f"scalewatch attention statistics: rank {mine.rank} waited {timeout:g} s at the check "

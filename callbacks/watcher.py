@@ -589,9 +589,8 @@ class ScaleWatcher:
         then the statistics' rows (host values by then) after the scales' rows."""
         assert self.attention is not None and self._reader is not None
         mine = self.attention.rank_sums()
-        columns, summed = self._reader.read_columns_with(scales, step, self._layout(scales),
-                                                         None if mine is None else mine.payload)
-        self._attention_now = self._take_attention(step, {} if mine is None else mine.reduced(summed))
+        columns, summed = self._reader.read_columns_with(scales, step, self._layout(scales), mine.payload)
+        self._attention_now = self._take_attention(step, mine.reduced(summed))
         if not self._attention_now:
             return columns
         handles = self._attention_now

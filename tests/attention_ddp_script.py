@@ -6,9 +6,12 @@ Launched by tests/test_attention_watch.py::test_ddp_records_the_global_batch:
 
 Rank 0 takes the first 5 samples of each step's global batch of 7, rank 1 the last 2 (unequal
 parts: the means must be weighted by rows). The model (``build``) has a padding-masked attention
-and a causal grouped-query one; it runs twice, without and with a watched bias scale (``with_scale``):
+and a causal grouped-query one; it runs without and with a watched bias scale (``with_scale``):
 alone, the attention sums are reduced in a collective of their own; with a scale they ride in the
-scales' collective. Either way a check is one ``all_reduce``, counted around each ``watcher.step``.
+scales' collective. Either way a check is one ``all_reduce``, counted around each ``watcher.step``,
+once the ranks have agreed on their modules (at the first check: an ``all_gather_object`` and a
+second ``all_reduce``). A third run (``uneven``) has a module that runs on rank 1 only, from step 1:
+the ranks agree on it at that check, and its record is rank 1's samples'.
 No optimizer step: the weights stay those every rank and the single-process reference start from.
 The records go to ``LOG_DIR/{plain,scale}``; each rank writes its last readings and the collectives
 of each step to ``OUT_DIR/rank<N>.json``.
@@ -56,22 +59,42 @@ class Causal(nn.Module):
         return F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
 
 
+class Extra(nn.Module):
+    """2 heads, no mask: the module that runs on one rank only in the ``uneven`` run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk = nn.Linear(8, 2 * 2 * 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k = self.qk(x).view(b, n, 2, 2, 4).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, k)
+
+
 class Model(nn.Module):
-    def __init__(self, with_scale: bool) -> None:
+    def __init__(self, with_scale: bool, with_extra: bool = False) -> None:
         super().__init__()
         self.padded, self.causal = Padded(), Causal()
+        self.extra = Extra() if with_extra else None
         self.bias = AttentionBiasGenerator(bias_scale=2.0) if with_scale else None
 
-    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor, extra: bool = False) -> Tensor:
         out = self.padded(x, keep).sum() + self.causal(x).sum()
+        if extra and self.extra is not None:
+            out = out + self.extra(x).sum()
         if self.bias is not None:
             out = out + self.bias(torch.tanh(x @ x.transpose(-1, -2))).sum()
         return out
 
 
-def build(with_scale: bool = False) -> nn.Module:
+def build(with_scale: bool = False, with_extra: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return Model(with_scale)
+    return Model(with_scale, with_extra)
+
+
+#: the runs: (name, a watched scale?, extra module on rank 1 only from step 1?)
+RUNS = (("plain", False, False), ("scale", True, False), ("uneven", True, True))
 
 
 def batch(step: int) -> Tuple[Tensor, Tensor]:
@@ -82,9 +105,9 @@ def batch(step: int) -> Tuple[Tensor, Tensor]:
     return x, torch.arange(6) < lengths[:, None]
 
 
-def run(log_dir: str, rank: int, with_scale: bool) -> Dict[str, Any]:
-    model = build(with_scale)
-    ddp = nn.parallel.DistributedDataParallel(model)
+def run(log_dir: str, rank: int, with_scale: bool, uneven: bool) -> Dict[str, Any]:
+    model = build(with_scale, uneven)
+    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=uneven)
     watcher = ScaleWatcher(model, log_dir=log_dir, every_n_steps=1, attention=True, plot=False)
     watcher.start()
     real, counted = dist.all_reduce, []
@@ -96,7 +119,7 @@ def run(log_dir: str, rank: int, with_scale: bool) -> Dict[str, Any]:
     for step in range(STEPS):
         x, keep = batch(step)
         part = slice(0, SPLIT) if rank == 0 else slice(SPLIT, GLOBAL_BATCH)
-        ddp(x[part], keep[part]).backward()
+        ddp(x[part], keep[part], uneven and rank == 1 and step >= 1).backward()
         counted.append(0)
         dist.all_reduce = all_reduce  # the watcher's collectives (DDP's own go through its C++ reducer)
         try:
@@ -110,8 +133,7 @@ def run(log_dir: str, rank: int, with_scale: bool) -> Dict[str, Any]:
 def main(log_dir: str, out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    result = {name: run(os.path.join(log_dir, name), rank, with_scale)
-              for name, with_scale in (("plain", False), ("scale", True))}
+    result = {name: run(os.path.join(log_dir, name), rank, with_scale, uneven) for name, with_scale, uneven in RUNS}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.destroy_process_group()

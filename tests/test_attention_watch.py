@@ -301,6 +301,25 @@ def gqa() -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Tensor
     return model, {"1": model[1]}, lambda m: m(x).sum()
 
 
+class TwoHeadCounts(nn.Module):
+    """Two attention modules of different head counts (6 grouped-query heads, then 4 of width 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gqa, self.wide = GQAttention(), nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.gqa(x)  # (b, 6, n, 4): back to (b, n, 24), then 16 wide
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], 24)[..., :16]
+        return self.wide(y, y, y, need_weights=False)[0]
+
+
+def mixed_heads() -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Tensor]]:
+    model = TwoHeadCounts()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2)) * 3
+    return model, {"gqa": model.gqa, "wide": model.wide}, lambda m: m(x).sum()
+
+
 def fusion() -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Tensor]]:
     sys.path.insert(0, EXAMPLES)
     from sensor_fusion_attention import SensorFusionAttention
@@ -312,7 +331,7 @@ def fusion() -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Ten
 
 
 MODELS = {"timm-vit": vit, "hf-bert-sdpa": bert, "hf-gpt2-sdpa": gpt2, "open-clip": clip, "gqa": gqa,
-          "fusion-example": fusion}
+          "mixed-head-counts": mixed_heads, "fusion-example": fusion}
 
 
 def train_one_check(model: nn.Module, loss_of: Callable[[nn.Module], Tensor], attention: Any = True,
@@ -804,7 +823,9 @@ def test_history_lines_are_json_with_the_field(tmp_path: Any) -> None:
 def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
     """2 gloo ranks, each its part of the batch: every rank records, and rank 0 writes, what one process
     computes over the whole batch (max over ranks, row-weighted means), with and without a watched scale;
-    each check is one collective (with a scale, the attention sums ride in the scales' one)."""
+    each check is one collective (with a scale, the attention sums ride in the scales' one) once the ranks
+    agreed on their modules; a module that runs on one rank only is recorded (that rank's rows), no
+    collective of mismatched sizes."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import attention_ddp_script as script
     from front_doors import torchrun
@@ -816,12 +837,16 @@ def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as f:
             ranks.append(json.load(f))
-    for name, with_scale in (("plain", False), ("scale", True)):
-        model = script.build(with_scale)
+    for name, with_scale, uneven in script.RUNS:
+        model = script.build(with_scale, uneven)
         watcher = ScaleWatcher(model, log_dir=tmp_path / "one" / name, every_n_steps=1, attention=True, plot=False)
         watcher.start()
         for step in range(script.STEPS):
-            model(*script.batch(step)).backward()
+            x, keep = script.batch(step)
+            loss = model(x, keep)
+            if uneven and step >= 1:  # the module rank 1 alone runs, over rank 1's samples
+                loss = loss + model.extra(x[script.SPLIT:]).sum()
+            loss.backward()
             watcher.step(step)
         watcher.close()
 
@@ -829,18 +854,23 @@ def test_ddp_records_the_global_batch(tmp_path: Any) -> None:
             return {(r["step"], r["name"]): r["scale"] for r in iter_history(path)}
 
         ddp, one = records(tmp_path / "ddp" / name / "scalewatch_history.jsonl"), records(watcher.history_path)
-        assert set(ddp) == set(one) and len(one) == script.STEPS * (3 * (4 + 4) + with_scale), name
+        extra = 3 * 2 * (script.STEPS - 1) if uneven else 0
+        assert set(ddp) == set(one) and len(one) == script.STEPS * (3 * (4 + 4) + with_scale) + extra, name
         for key, want in one.items():
             assert ddp[key] == pytest.approx(want, rel=1e-5, abs=1e-6), (name, key)
         last = {n: v for (step, n), v in one.items() if step == script.STEPS - 1}
         for rank, result in enumerate(ranks):
             assert result[name]["last"] == pytest.approx(last, rel=1e-5, abs=1e-6), (name, rank)
-            assert result[name]["collectives"] == [1] * script.STEPS, (name, rank)  # one a check
+            # one a check once the ranks agreed on their modules (the first check, and the one where a
+            # module appears on one rank: an all_gather_object and a second all_reduce)
+            agreements = [0, 1] if uneven else [0]
+            assert result[name]["collectives"] == [1 + (s in agreements) for s in range(script.STEPS)], (name, rank)
 
 
 def test_lightning_ddp_records_the_global_batch(tmp_path: Any) -> None:
     """Lightning's door under its DDP strategy (2 gloo processes, ScaleMonitor(attention=True) and a watched
-    bias scale) records what one process records over the same global batches; one all_reduce a check."""
+    bias scale) records what one process records over the same global batches; one all_reduce a check
+    once the ranks agreed on their modules."""
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -874,5 +904,6 @@ def test_lightning_ddp_records_the_global_batch(tmp_path: Any) -> None:
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     for rank, result in enumerate(ddp):
         assert result["last"] == pytest.approx(one["last"], rel=1e-5, abs=1e-6), rank
-        assert result["collectives"] == [1] * steps, rank  # the attention sums ride in the scales' one
+        # the attention sums ride in the scales' one, once the ranks agreed on their modules (first check)
+        assert result["collectives"] == [2] + [1] * (steps - 1), rank
     assert one["collectives"] == [0] * steps
