@@ -105,6 +105,20 @@ class AttentionStat(WatchedScale):
         return None
 
 
+class AttentionValues(WatchedScale):
+    """Every statistic of a check in one tensor, in the order of their handles' rows (module, statistic,
+    head): what a reader reads in their place, one part instead of one per handle. The rows'
+    names and bounds come from the handles (the check's layout); this has no bounds of its own."""
+
+    effective_is_raw = True
+
+    def effective(self) -> Tensor:
+        return self.raw
+
+    def clamp_fraction(self) -> None:
+        return None
+
+
 def _stat(name: str, statistic: str, values: Tensor, threshold: Optional[float]) -> AttentionStat:
     s = AttentionStat(name=f"{name}.{statistic}", raw=values, min=None,
                       max=threshold if statistic == MAX_LOGIT else None, bound="soft")
@@ -350,6 +364,8 @@ class AttentionWatch:
         self._presence_hooked = False
         # under torch.distributed: the modules every rank's payload has a place for, the same list on every rank
         self._agreed: List[Tuple[str, int]] = []
+        #: this check's statistics in one tensor, read in place of the handles (renewed when they change)
+        self.values: Optional[AttentionValues] = None
         #: every statistic known so far, in the order first seen: (path, heads) -> its three readings' handles
         self.stats: Dict[Tuple[str, int], List[AttentionStat]] = {}
         self._names: Dict[Tuple[str, int], str] = {}
@@ -612,6 +628,14 @@ class AttentionWatch:
                     for h, t in zip(handles, stat_values):
                         h.raw = t
                 out.extend(handles)
+            if keys:
+                flat = torch.cat([values[k].reshape(-1) for k in keys])  # the handles' rows, in their order
+                if added or self.values is None or self.values.raw.numel() != flat.numel():
+                    # a new object when the rows change: readers key their layouts by identity
+                    self.values = AttentionValues(name="attention statistics", raw=flat, min=None, max=None,
+                                                  bound="soft")
+                else:
+                    self.values.raw = flat
         had = bool(self._results)
         if forwards_watched:
             self._diagnose(had)
@@ -762,4 +786,4 @@ def match_names_any(patterns: Tuple[str, ...], names: List[str]) -> List[str]:
     return out
 
 
-__all__ = ["ATTENTION_FIELD", "AttentionStat", "AttentionWatch", "RankSums", "WRAPPER_SEGMENTS", "own_name"]
+__all__ = ["ATTENTION_FIELD", "AttentionStat", "AttentionValues", "AttentionWatch", "RankSums", "WRAPPER_SEGMENTS", "own_name"]

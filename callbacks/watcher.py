@@ -242,7 +242,6 @@ class ScaleWatcher:
         self.attention: Optional[AttentionWatch] = (None if settings.attention_options is None else
                                                     AttentionWatch(model, settings.attention_options))
         self._attention_now: List[AttentionStat] = []  # the statistics read at this check
-        self._scales_now: List[WatchedScale] = []  # and the scales read with them
         #: multi-element tensors logged as per-tensor summaries (beyond the element cap)
         self.summarised: List[str] = self._summarised()
 
@@ -549,10 +548,13 @@ class ScaleWatcher:
         riding = new_check and self.attention is not None and self._reader is not None and bool(scales)
         self._attention_now = self._take_attention(step) if new_check and self.attention is not None \
             and not riding else []
-        self._scales_now = scales
+        read = scales
         if self._attention_now:
-            scales = scales + self._attention_now  # read in the same one transfer (else the same list:
-            # its layout is found by identity, not by the ids of a thousand scales)
+            assert self.attention is not None and self.attention.values is not None
+            # read in the same one transfer, as one tensor (the handles give the layout's rows); else
+            # the same list: its layout is found by identity, not by the ids of a thousand scales
+            read = scales + [self.attention.values]
+            scales = scales + self._attention_now
         if not scales:  # attention only, and no attention call seen yet: nothing to read
             self.last_columns = None
             return StepResult(read=True, stop=self.should_stop)
@@ -560,8 +562,8 @@ class ScaleWatcher:
             if riding:
                 columns = self._read_with_attention(step, scales)
             else:
-                columns = (read_columns(scales, step, self._layout(scales)) if self._reader is None else
-                           self._reader.read_columns(scales, step, self._layout(scales)))
+                columns = (read_columns(read, step, self._layout(scales)) if self._reader is None else
+                           self._reader.read_columns(read, step, self._layout(scales)))
             masks = condition_columns(columns.scale, columns.raw, columns.grad, columns.has_grad, columns.layout.lo,
                                       columns.layout.hi, columns.layout.hard, self.warn_fraction, grad_must_be_finite)
             alerts = self.tracker.update_columns(columns, masks)
@@ -594,7 +596,8 @@ class ScaleWatcher:
         if not self._attention_now:
             return columns
         handles = self._attention_now
-        stats = read_columns(handles, step, self._layout(handles))
+        assert self.attention.values is not None
+        stats = read_columns([self.attention.values], step, self._layout(handles))
         return CheckColumns.joined(self._layout(scales + handles), [columns, stats])
 
     def _layout(self, scales: List[WatchedScale]) -> ScaleLayout:

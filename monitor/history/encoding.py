@@ -215,6 +215,8 @@ def _row_text(layout: Any) -> Tuple[List[str], List[str], List[str], List[str], 
 
 def _column_numbers(values: Any, present: Any = None) -> List[str]:
     """A float64 column as JSON numbers; rows where ``present`` is False as ``null``."""
+    if present is not None and len(present) and not present.any():  # (attention statistics: no gradient)
+        return [JSON_SPELLING["None"]] * len(present)
     items = values.tolist()
     if present is not None and not present.all():
         for i in (~present).nonzero()[0].tolist():
