@@ -317,7 +317,7 @@ class RankSums:
         at = 0
         for key in self.keys:
             size = 4 * key[1]
-            if key in self.sums or joined[at + 3 * key[1]:at + size].any():  # rows somewhere
+            if joined[at + 3 * key[1]:at + size].any():  # rows on some rank (the same decision on every rank)
                 out[key] = torch.from_numpy(joined[at:at + size].reshape(4, key[1]).copy())
             at += size
         return out
@@ -366,6 +366,8 @@ class AttentionWatch:
         self._agreed: List[Tuple[str, int]] = []
         #: this check's statistics in one tensor, read in place of the handles (renewed when they change)
         self.values: Optional[AttentionValues] = None
+        self._values_rows: Any = None
+        self._values_by_rows: Dict[Any, AttentionValues] = {}
         #: every statistic known so far, in the order first seen: (path, heads) -> its three readings' handles
         self.stats: Dict[Tuple[str, int], List[AttentionStat]] = {}
         self._names: Dict[Tuple[str, int], str] = {}
@@ -630,12 +632,15 @@ class AttentionWatch:
                 out.extend(handles)
             if keys:
                 flat = torch.cat([values[k].reshape(-1) for k in keys])  # the handles' rows, in their order
-                if added or self.values is None or self.values.raw.numel() != flat.numel():
-                    # a new object when the rows change: readers key their layouts by identity
-                    self.values = AttentionValues(name="attention statistics", raw=flat, min=None, max=None,
-                                                  bound="soft")
-                else:
-                    self.values.raw = flat
+                rows = (tuple(keys), flat.numel())
+                if self.values is None or self._values_rows != rows:
+                    # another object when the rows change (readers key their layouts by identity), one per set
+                    held = self._values_by_rows.get(rows)
+                    if held is None:
+                        held = self._values_by_rows[rows] = AttentionValues(
+                            name="attention statistics", raw=flat, min=None, max=None, bound="soft")
+                    self.values, self._values_rows = held, rows
+                self.values.raw = flat
         had = bool(self._results)
         if forwards_watched:
             self._diagnose(had)
@@ -661,12 +666,16 @@ class AttentionWatch:
     def _rank_payload(self, sums: Dict[Tuple[str, int], Tensor]) -> "RankSums":
         import torch.distributed as dist
 
+        from scalewatch.monitor.sharded import collective_device
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("scalewatch attention statistics: torch.distributed is not initialised at this check "
+                               "(destroyed before the watcher's last step?); the ranks' statistics cannot be reduced")
         keys = self._agreed  # the same on every rank: grown only by agree_and_reduce
         agreed = set(keys)
         new = any(k not in agreed for k in sums)
-        device = next(iter(sums.values())).device if sums else torch.device("cpu")
-        if str(dist.get_backend()) == "gloo":
-            device = torch.device("cpu")
+        # chosen by the backend, not by this rank's data: a rank with no attention call builds it too
+        device = collective_device()
         n = sum(4 * heads for _, heads in keys)
         rank, world = dist.get_rank(), dist.get_world_size()
         fp = float(zlib.crc32("\n".join(f"{path}:{heads}" for path, heads in keys).encode()) & 0xFFFFF)

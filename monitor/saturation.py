@@ -56,7 +56,10 @@ class Alert:
     attention: Optional[str] = None
 
     def to_record(self) -> Dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if record["attention"] is None:  # a scale's alert: its record as it always was
+            del record["attention"]
+        return record
 
 
 def _message(kind: str, r: Reading, warn_fraction: float, patience: int, attention: Optional[str] = None) -> str:

@@ -310,6 +310,16 @@ def _dist() -> Any:
     return torch.distributed
 
 
+def collective_device() -> torch.device:
+    """Where a buffer that every rank builds for one collective lives, whatever data each rank holds:
+    CUDA's current device when the group's backend has NCCL, else the CPU (gloo)."""
+    d = _dist()
+    backend = str(d.get_backend()) if d.is_available() and d.is_initialized() else ""
+    if "nccl" in backend and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_within(buf: Tensor, timeout: float) -> bool:
     """``all_reduce(buf)`` (a sum, in place), waited for at most ``timeout`` seconds: whether it finished.
 
