@@ -87,36 +87,32 @@ def _is_compiled(model: nn.Module) -> bool:
     return type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
 
 
-class AttentionStat(WatchedScale):
+class _Measured(WatchedScale):
+    """Values measured at a check, read as they are: the effective value is the raw tensor (no clamp:
+    ``bound="soft"``, a threshold cuts no gradient), no gradient, no clamp fraction."""
+
+    effective_is_raw = True
+
+    def effective(self) -> Tensor:
+        return self.raw
+
+    def clamp_fraction(self) -> None:
+        return None
+
+
+class AttentionStat(_Measured):
     """One statistic of one attention module, per head: a scale-like handle :func:`read_scales` reads.
 
-    ``raw`` is the statistic's values at this check (set by :meth:`AttentionWatch.collect`);
-    the effective value is the same tensor (no clamp: ``bound="soft"``, the threshold cuts no
-    gradient), and there is no gradient.
+    ``raw`` is the statistic's values at this check (set by :meth:`AttentionWatch.collect`).
     """
 
     statistic: str = ""
-    effective_is_raw = True
-
-    def effective(self) -> Tensor:
-        return self.raw
-
-    def clamp_fraction(self) -> None:
-        return None
 
 
-class AttentionValues(WatchedScale):
+class AttentionValues(_Measured):
     """Every statistic of a check in one tensor, in the order of their handles' rows (module, statistic,
     head): what a reader reads in their place, one part instead of one per handle. The rows'
     names and bounds come from the handles (the check's layout); this has no bounds of its own."""
-
-    effective_is_raw = True
-
-    def effective(self) -> Tensor:
-        return self.raw
-
-    def clamp_fraction(self) -> None:
-        return None
 
 
 def _stat(name: str, statistic: str, values: Tensor, threshold: Optional[float]) -> AttentionStat:
@@ -366,8 +362,7 @@ class AttentionWatch:
         self._agreed: List[Tuple[str, int]] = []
         #: this check's statistics in one tensor, read in place of the handles (renewed when they change)
         self.values: Optional[AttentionValues] = None
-        self._values_rows: Any = None
-        self._values_by_rows: Dict[Any, AttentionValues] = {}
+        self._values_by_rows: Dict[Tuple[Tuple[str, int], ...], AttentionValues] = {}
         #: every statistic known so far, in the order first seen: (path, heads) -> its three readings' handles
         self.stats: Dict[Tuple[str, int], List[AttentionStat]] = {}
         self._names: Dict[Tuple[str, int], str] = {}
@@ -632,15 +627,14 @@ class AttentionWatch:
                 out.extend(handles)
             if keys:
                 flat = torch.cat([values[k].reshape(-1) for k in keys])  # the handles' rows, in their order
-                rows = (tuple(keys), flat.numel())
-                if self.values is None or self._values_rows != rows:
-                    # another object when the rows change (readers key their layouts by identity), one per set
-                    held = self._values_by_rows.get(rows)
-                    if held is None:
-                        held = self._values_by_rows[rows] = AttentionValues(
-                            name="attention statistics", raw=flat, min=None, max=None, bound="soft")
-                    self.values, self._values_rows = held, rows
-                self.values.raw = flat
+                # one object per set of modules: readers key their layouts by identity
+                rows = tuple(keys)
+                held = self._values_by_rows.get(rows)
+                if held is None:
+                    held = self._values_by_rows[rows] = AttentionValues(
+                        name="attention statistics", raw=flat, min=None, max=None, bound="soft")
+                held.raw = flat
+                self.values = held
         had = bool(self._results)
         if forwards_watched:
             self._diagnose(had)

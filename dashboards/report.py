@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from scalewatch.dashboards.element_groups import ElementGroup, grouped
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound, attention_label
+from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, as_bound, value_name
 from scalewatch.dashboards.sources import HISTORY, Source
 from scalewatch.monitor.display import IDENTITY, format_number
 from scalewatch.monitor.history import ReadProblems
@@ -374,9 +374,8 @@ def report_text(summaries: List[ScaleSummary], source: str, advice: Optional[Seq
         lines.append(f"alerts ({len(alerts)}):")
         for st, s, kind, value in alerts:
             raw = "" if s.display == IDENTITY else f" (raw {format_number(value)})"
-            what = "scale" if s.attention is None else attention_label(s.attention)
-            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  {what}={shown_cell(s, value)}{raw}  "
-                         f"{s.bounds_phrase('.4g')}")
+            lines.append(f"  step {st:>8}  {kind:<10}  {s.name}  {value_name(s.attention)}={shown_cell(s, value)}"
+                         f"{raw}  {s.bounds_phrase('.4g')}")
     if advice is not None:
         from scalewatch.monitor.advice import advice_lines
 

@@ -40,6 +40,11 @@ def attention_label(statistic: str) -> str:
     return ATTENTION_LABELS.get(statistic, statistic)
 
 
+def value_name(attention: Optional[str]) -> str:
+    """What a record's value is called: ``scale``, or the softmax statistic an attention record holds."""
+    return "scale" if not attention else attention_label(attention)
+
+
 @dataclass
 class ScaleBounds:
     """A scale's name, bounds and warning lines, as the latest record gives them.

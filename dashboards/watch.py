@@ -28,7 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scalewatch.dashboards.series import as_float, attention_label
+from scalewatch.dashboards.series import as_float, value_name
 from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.history.follower import READ_CHUNK, HistoryFollower  # noqa: F401 (moved; importable here)
 from scalewatch.monitor import rules
@@ -450,7 +450,7 @@ def render(state: LiveState, follower: HistoryFollower, height: int = 40, unicod
         body.append(("\n" if i else "") + f"step {step:>7}  ", style="dim")
         body.append(f"{kind:<10}", style=_STATUS_STYLE.get(kind, "bold red"))
         record = state.scales[name].last if name in state.scales else {}
-        body.append(f"  {name}  {_value_name(record)}={_alert_value(record, value)}")
+        body.append(f"  {name}  {value_name(record.get('attention'))}={_alert_value(record, value)}")
     if not alerts:
         body.append("none yet", style="green")
     earlier = state.alert_count - len(alerts)
@@ -493,28 +493,27 @@ def plain_tensor_line(row: Row) -> str:
             f"{bar_ascii(r, band=row.band)}  {status}")
 
 
+def _threshold(record: Dict[str, Any]) -> str:
+    """An attention record's ``  threshold X`` (max_logit's), ``""`` for a statistic without one."""
+    top = as_float(record.get("max"))
+    return "" if top != top else f"  threshold {format_number(top)}"
+
+
 def _plain_attention(record: Dict[str, Any], name: Any, value: str, status: str) -> str:
     """An attention statistic's line: what it is and its value, its threshold if it has one (no gradient, no range)."""
-    top = as_float(record.get("max"))
-    threshold = "" if top != top else f"  threshold {format_number(top)}"
-    return f"step {record.get('step')}  {name}  {attention_label(record['attention'])}={value}{threshold}  {status}"
-
-
-def _value_name(record: Dict[str, Any]) -> str:
-    """What a record's value is: ``scale``, or the softmax statistic an attention record holds."""
-    return attention_label(record["attention"]) if record.get("attention") else "scale"
+    return f"step {record.get('step')}  {name}  {value_name(record['attention'])}={value}{_threshold(record)}  {status}"
 
 
 def plain_alert(alert: SeenAlert, record: Optional[Dict[str, Any]] = None) -> str:
     step, name, kind, value = alert
+    record = record or {}
     where = ""
-    if record and record.get("attention"):
-        top = as_float(record.get("max"))
-        where = "" if top != top else f"  threshold {format_number(top)}"
+    if record.get("attention"):
+        where = _threshold(record)
     elif record:
         where = f"  range {format_range(record.get('min'), record.get('max'), _display(record), '.4g')}"
-    shown = _alert_value(record or {}, value)
-    return f"ALERT step {step}  {kind}  {name}  {_value_name(record or {})}={shown}{where}"
+    shown = _alert_value(record, value)
+    return f"ALERT step {step}  {kind}  {name}  {value_name(record.get('attention'))}={shown}{where}"
 
 
 # ---- the loop --------------------------------------------------------------------------

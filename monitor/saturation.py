@@ -65,9 +65,8 @@ class Alert:
 def _message(kind: str, r: Reading, warn_fraction: float, patience: int, attention: Optional[str] = None) -> str:
     if attention is not None and kind in (NEAR_UPPER, NON_FINITE):  # a statistic of the softmax, not a scale
         where = f"{r.name} at step {r.step}: {attention}={r.scale:.4g}"
-        if r.max is None:
-            return f"Attention {attention} is not finite! {where}"
-        where += f" (threshold {format_number(r.max)})"
+        if r.max is not None:  # (near_upper has one)
+            where += f" (threshold {format_number(r.max)})"
         if kind == NEAR_UPPER:
             return (f"Attention {attention} near its threshold! {where}; above {warn_fraction:g} x threshold = "
                     f"{format_number(upper_warning(r.max, warn_fraction))}: the softmax is saturating")
@@ -172,9 +171,9 @@ class SaturationTracker:
             if row is not None:  # not read at this check (another optimizer's scale): its state stays
                 todo.add(row)
         alerts: List[Alert] = []
-        fields = getattr(columns.layout, "record_fields", None) or ()
+        fields = columns.layout.record_fields
         for i in sorted(todo):
-            attention = (fields[i] or {}).get("attention") if fields else None
+            attention = (fields[i] or {}).get("attention")
             alerts.extend(self._apply(columns.reading(i), {kind: bool(masks[kind][i]) for kind in ALERT_KINDS},
                                       attention))
         return alerts

@@ -310,12 +310,16 @@ def _dist() -> Any:
     return torch.distributed
 
 
+def _backend() -> str:
+    """The default group's backend (``"gloo"``, ``"nccl"``, ``"cpu:gloo,cuda:nccl"``); ``""`` without one."""
+    d = _dist()
+    return str(d.get_backend()) if d.is_available() and d.is_initialized() else ""
+
+
 def collective_device() -> torch.device:
     """Where a buffer that every rank builds for one collective lives, whatever data each rank holds:
     CUDA's current device when the group's backend has NCCL, else the CPU (gloo)."""
-    d = _dist()
-    backend = str(d.get_backend()) if d.is_available() and d.is_initialized() else ""
-    if "nccl" in backend and torch.cuda.is_available():
+    if "nccl" in _backend() and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -444,10 +448,9 @@ class DistributedReader:
     # ---- the one collective -----------------------------------------------------------
 
     def _device(self) -> torch.device:
-        d = _dist()
-        backend = str(d.get_backend()) if d.is_available() and d.is_initialized() else ""
+        backend = _backend()
         if backend == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
+            return collective_device()
         for s in self.scales:
             device = _local(s.raw).device
             if device.type != "meta":

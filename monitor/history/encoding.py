@@ -205,7 +205,7 @@ def _row_text(layout: Any) -> Tuple[List[str], List[str], List[str], List[str], 
             middles.append(f"{_MIN}{_number(lo)}{_MAX}{_number(hi)}{_BOUND}{encode_record(bound)}{ITEM_SEPARATOR}")
             tail = "" if index is None else f"{_TENSOR}{encode_record(tensor)}{_INDEX}{index}"
             tails.append(tail + ("" if display == IDENTITY else f"{_DISPLAY}{encode_record(display)}"))
-        fields = getattr(layout, "record_fields", None) or [None] * len(names)
+        fields = layout.record_fields
         keys = frozenset(k for f in fields if f for k in f)
         texts = {id(f): _extra_text(f) for f in fields if f}  # the rows of one scale share its dict
         own = [texts[id(f)] if f else "" for f in fields]
