@@ -18,7 +18,7 @@ of this process on a CPU, wall time on a GPU); a ``W`` block's ratio is over the
 
 The check step's extra cost is taken apart directly, outside the loop, over repeated interleaved
 training steps on the same batch (forward, backward, AdamW step): the forward of a check step
-(interception armed, each call's logits computed) less a plain step's forward, plus the engine's
+(interception armed, each call's inputs kept) less a plain step's forward, plus the engine's
 check after the backward, where a loop calls it (the statistics computed in one batched pass,
 read, the history lines); on a CPU in this thread's CPU time (one torch thread),
 so that other processes on the machine do not count. It is given as a multiple of one attention forward (the
@@ -157,6 +157,10 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
         timed.append(_timed(lambda: loss.append(loss_of()), device))
         return loss[0]
 
+    def optimizer_step() -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     for rep in range(reps + 1):
         in_sdpa[0] = 0.0
         F.scaled_dot_product_attention = timed_sdpa
@@ -166,20 +170,17 @@ def check_cost(build: Callable[..., Any], device: torch.device, root: str, reps:
             F.scaled_dot_product_attention = sdpa
         attention.append(in_sdpa[0])
         loss.backward()  # a whole step: each timed forward below comes after an optimizer step, as in a loop
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step()
         # a training step without the watch, then a check step with it: forward, backward, the
         # check where a loop makes it (after the backward, before the optimizer step), step
         forward(plain).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step()
         watch.arm(True)
         loss = forward(armed)
         watch.arm(False)
         loss.backward()
         check.append(_timed(lambda: watcher.step(rep), device))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step()
     plain, armed, attention, check = plain[1:], armed[1:], attention[1:], check[1:]  # the first: a warm-up
     watcher.close()
     extra_fwd = statistics.median(a - p for a, p in zip(armed, plain))
