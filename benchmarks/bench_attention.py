@@ -1,11 +1,13 @@
 """What ``attention=True`` costs: ViT-tiny and BERT-tiny training steps, against the same loop without it.
 
-Models (timm and HF Transformers from configs, no download; AdamW, batch 8):
+Models (timm and HF Transformers from configs, no download; AdamW):
 
-    vit-tiny    timm ``vit_tiny_patch16_224``'s architecture (12 blocks, 192 wide, 3 heads) on
-                64x64 images (17 tokens), ``F.scaled_dot_product_attention`` (timm's fused path)
-    bert-tiny   HF ``BertForSequenceClassification`` with BERT-tiny's config (2 layers, 128 wide,
-                2 heads, 512 MLP), ``attn_implementation="sdpa"``, 128 tokens, a padding mask
+    vit-tiny      timm ``vit_tiny_patch16_224``'s architecture (12 blocks, 192 wide, 3 heads) on
+                  64x64 images (17 tokens), batch 8, ``F.scaled_dot_product_attention`` (timm's
+                  fused path): attention calls so small that per-call and per-check costs dominate
+    vit-tiny-224  the same at its own 224x224 input (197 tokens), batch 2
+    bert-tiny     HF ``BertForSequenceClassification`` with BERT-tiny's config (2 layers, 128 wide,
+                  2 heads, 512 MLP), ``attn_implementation="sdpa"``, 128 tokens, a padding mask, batch 8
 
 Method. Per model, one plain loop runs blocks of 50 steps ``W B W B ... W B`` after an untimed
 warm-up block: in ``W`` blocks ``watcher.step(step)`` is called, the watcher being
@@ -57,14 +59,23 @@ TARGET_CHECK_X = 1.5
 COMPARISON = "one plain loop per model, watcher.step called per 50-step block"
 
 
-def vit_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
+def _vit(device: torch.device, size: int, batch: int) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64).to(device)
-    x = torch.randn(8, 3, 64, 64, device=device)
-    y = torch.randint(0, 10, (8,), device=device)
-    return model, lambda: F.cross_entropy(model(x), y), "timm vit_tiny_patch16_224 (12x192, 3 heads), 64x64 images"
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=size).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, lambda: F.cross_entropy(model(x), y), \
+        f"timm vit_tiny_patch16_224 (12x192, 3 heads), {size}x{size} images, batch {batch}"
+
+
+def vit_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
+    return _vit(device, 64, 8)
+
+
+def vit_tiny_224(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
+    return _vit(device, 224, 2)
 
 
 def bert_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]:
@@ -84,7 +95,7 @@ def bert_tiny(device: torch.device) -> Tuple[torch.nn.Module, Callable[[], torch
 
 
 MODELS: Dict[str, Callable[[torch.device], Tuple[torch.nn.Module, Callable[[], torch.Tensor], str]]] = {
-    "vit-tiny": vit_tiny, "bert-tiny": bert_tiny}
+    "vit-tiny": vit_tiny, "vit-tiny-224": vit_tiny_224, "bert-tiny": bert_tiny}
 
 
 def run_loop(build: Callable[..., Any], rounds: int, device: torch.device, root: str) -> Dict[str, Any]:
@@ -224,7 +235,7 @@ def run(rounds: int = 12, reps: int = 15, accelerator: str = "auto", models: Tup
     import importlib.util
 
     for name in models:
-        needs = {"vit-tiny": "timm", "bert-tiny": "transformers"}[name]
+        needs = "transformers" if name.startswith("bert") else "timm"
         if importlib.util.find_spec(needs) is None:
             log(f"  {name}: skipped, {needs} is not installed")
             continue

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from scalewatch.monitor.attention_options import AttentionOptions
 from scalewatch.monitor.attention_stats import (MAX_LOGIT, STATISTICS, HeadStatistics, Workspace, as_sums,
-                                                computing, logit_statistics, sdpa_statistics, stacked_bytes,
+                                                computing, logit_statistics, pass_bytes, sdpa_statistics, stacked_bytes,
                                                 stacked_sdpa_sums, sums_values)
 from scalewatch.monitor.name_patterns import match_names
 from scalewatch.monitor.watched_scale import WatchedScale
@@ -514,7 +514,7 @@ class AttentionWatch:
             q, k, mask, is_causal, scale, gqa, max_samples=opts.samples, memory_bytes=opts.memory_bytes))
 
     def _flush(self) -> None:
-        """The kept SDPA calls' statistics: one batched pass per signature (shapes, mask, causal, scale)."""
+        """The kept SDPA calls' statistics: batched passes per signature (shapes, mask, causal, scale)."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         groups: Dict[Tuple[Any, ...], List[_Call]] = {}
         for call in pending:
@@ -524,22 +524,37 @@ class AttentionWatch:
                                 "the call; that call is left out of the record")
                 continue
             groups.setdefault(call.signature, []).append(call)
-        for calls in groups.values():
-            first = calls[0]
-            try:
-                sums = stacked_sdpa_sums([c.query for c in calls], [c.key_ for c in calls],
-                                         None if first.mask is None else [c.mask for c in calls],
-                                         first.is_causal, first.scale, first.gqa,
-                                         # (a GPU's caching allocator keeps its blocks mapped already)
-                                         self.workspace if first.query.device.type == "cpu" else None)
-            except Exception:  # one by one: the failing module is named, the others recorded
-                for c in calls:
-                    self._add(c.module, c.key[0], lambda c=c: sdpa_statistics(
-                        c.query, c.key_, c.mask, c.is_causal, c.scale, c.gqa, memory_bytes=self.options.memory_bytes))
+        for group in groups.values():
+            # passes of at most pass_bytes each: on a CPU they run from the cache, in a workspace it keeps
+            first = group[0]
+            per_pass = pass_bytes(self._budget, first.query.device) // max(1, stacked_bytes(first.query, first.key_))
+            if per_pass == 0:  # larger calls: each in row chunks of its own
+                for c in group:
+                    self._one_by_one(c)
                 continue
-            self._results.append((sums, [c.key for c in calls]))
+            for at in range(0, len(group), per_pass):
+                self._pass(group[at:at + per_pass])
         if self.workspace.nbytes > self._budget * KEPT_BUDGET_SHARE:  # too big to hold until the next check
             self.workspace.clear()
+
+    def _pass(self, calls: List[_Call]) -> None:
+        """One batched pass over calls of one signature."""
+        first = calls[0]
+        try:
+            sums = stacked_sdpa_sums([c.query for c in calls], [c.key_ for c in calls],
+                                     None if first.mask is None else [c.mask for c in calls],
+                                     first.is_causal, first.scale, first.gqa,
+                                     # (a GPU's caching allocator keeps its blocks mapped already)
+                                     self.workspace if first.query.device.type == "cpu" else None)
+        except Exception:  # one by one: the failing module is named, the others recorded
+            for c in calls:
+                self._one_by_one(c)
+            return
+        self._results.append((sums, [c.key for c in calls]))
+
+    def _one_by_one(self, c: _Call) -> None:
+        self._add(c.module, c.key[0], lambda: sdpa_statistics(c.query, c.key_, c.mask, c.is_causal, c.scale, c.gqa,
+                                                              memory_bytes=self.options.memory_bytes))
 
     def on_softmax(self, caller: Any, x: Tensor, dim: Any) -> None:
         """A softmax called at frame ``caller``: attention when its module's softmax is (MHA with weights, opted in)."""

@@ -35,6 +35,7 @@ from scalewatch.callbacks import ScaleSink, ScaleWatcher
 from scalewatch.callbacks.attention_watch import ATTENTION_FIELD
 from scalewatch.monitor import AttentionBiasGenerator
 from scalewatch.monitor.attention_options import DEFAULT_MAX_LOGIT, check_attention
+from scalewatch.monitor import attention_stats
 from scalewatch.monitor.attention_stats import logit_statistics, sdpa_statistics
 from scalewatch.monitor.history import iter_history
 
@@ -374,6 +375,36 @@ def test_micro_batches_count_and_eval_forwards_do_not() -> None:
     expected = {"1": combine([sdpa_reference(*_gqa_inputs(model, x), is_causal=True, scale=0.9, enable_gqa=True,
                                              samples=2) for x in xs])}
     assert_readings(readings_of(watcher), expected)
+
+
+@pytest.mark.parametrize("calls_a_pass", [2, 0], ids=["two-calls-a-pass", "each-call-in-row-chunks"])
+def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, calls_a_pass: int) -> None:
+    """On a CPU the kept calls go in passes of at most CPU_PASS_BYTES (their logits stay in the cache,
+    the workspace stays small enough to keep); a call larger than that is computed in row chunks of
+    its own. Either way the values are those of the logits by hand."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32, patch_size=8,
+                              depth=4)
+    x = rnd(2, 3, 32, 32)
+    q = torch.empty(2, 3, 17, 64)  # one block's query and key: 17 tokens, 3 heads of 64
+    one_call = attention_stats.stacked_bytes(q, q)
+    monkeypatch.setattr(attention_stats, "CPU_PASS_BYTES", calls_a_pass * one_call if calls_a_pass else one_call // 2)
+    recorder = Recorder({f"blocks.{i}.attn": model.blocks[i].attn for i in range(4)})
+    with recorder.active():
+        watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
+        watcher.start()
+        model(x).sum().backward()
+        watcher.step(0)
+    assert_readings(readings_of(watcher), recorder.expected())
+    watch = watcher.attention
+    assert watch is not None
+    buffers = watch.workspace._buffers
+    if calls_a_pass:  # four calls in two passes: the logits buffer holds two calls' logits
+        assert buffers["logits"].numel() == 2 * 2 * 3 * 17 * 17
+    else:
+        assert not buffers
+    watcher.close()
 
 
 def test_the_workspace_is_reused_from_check_to_check_and_given_back_when_large() -> None:
