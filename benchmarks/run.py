@@ -140,7 +140,8 @@ def main(argv=None) -> int:
 
     if "attention" in args.only and optional_part("attention") is not None:
         part("attention", importlib.import_module("benchmarks.bench_attention"),
-             "attention=True on ViT-tiny and BERT-tiny, interleaved A/B; the check step's extra cost",
+             "attention=True on ViT-tiny (64x64 and 224x224) and BERT-tiny, interleaved A/B; the check step's "
+             "extra cost",
              accelerator=args.accelerator, **(dict(rounds=1, reps=3) if quick else {}))
 
     results["targets"] = [t for k in HEADINGS if k in results

@@ -260,10 +260,6 @@ def _defer(q: Tensor, k: Tensor, mask: Any) -> bool:
             and not (q.is_inference() or k.is_inference() or (mask is not None and mask.is_inference())))
 
 
-#: the workspace is kept from one check to the next while it holds at most this share of the memory budget
-KEPT_BUDGET_SHARE = 1 / 8
-
-
 class RankSums:
     """One rank's attention sums at a check, as its part of one ``all_reduce`` (SUM, float64).
 
@@ -347,7 +343,7 @@ class AttentionWatch:
         # this check's calls: kept SDPA inputs, and per-call sums ([C, 4, heads], a key per row)
         self._pending: List[_Call] = []
         self._pending_bytes = 0
-        # the batched pass's large tensors, kept between checks while small (KEPT_BUDGET_SHARE)
+        # the batched passes' large tensors on a CPU, kept between checks (at most one pass: CPU_PASS_BYTES)
         self.workspace = Workspace()
         self._results: List[Tuple[Tensor, List[Tuple[str, int]]]] = []
         self._seen: Set[int] = set()
@@ -534,8 +530,6 @@ class AttentionWatch:
                 continue
             for at in range(0, len(group), per_pass):
                 self._pass(group[at:at + per_pass])
-        if self.workspace.nbytes > self._budget * KEPT_BUDGET_SHARE:  # too big to hold until the next check
-            self.workspace.clear()
 
     def _pass(self, calls: List[_Call]) -> None:
         """One batched pass over calls of one signature."""

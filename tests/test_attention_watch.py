@@ -402,15 +402,15 @@ def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, call
     buffers = watch.workspace._buffers
     if calls_a_pass:  # four calls in two passes: the logits buffer holds two calls' logits
         assert buffers["logits"].numel() == 2 * 2 * 3 * 17 * 17
+        assert watch.workspace.nbytes <= attention_stats.CPU_PASS_BYTES
     else:
         assert not buffers
     watcher.close()
 
 
-def test_the_workspace_is_reused_from_check_to_check_and_given_back_when_large() -> None:
+def test_the_workspace_is_reused_from_check_to_check_and_given_back_at_close() -> None:
     """The batched pass writes into buffers kept between checks (no fresh pages on a CPU), two
-    shapes in one check share them, every check's values stay right; a workspace over its share
-    of the memory budget is given back after the check."""
+    shapes in one check share them, every check's values stay right; close gives them back."""
     model, _, _ = gqa()
     watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
     watcher.start()
@@ -428,17 +428,8 @@ def test_the_workspace_is_reused_from_check_to_check_and_given_back_when_large()
         addresses.append(dict(watch.workspace._buffers))  # the tensors themselves (an address may come back)
     assert addresses[0] and all(set(a) == set(addresses[0]) and all(a[n] is addresses[0][n] for n in a)
                                 for a in addresses[1:]), addresses
-    kept = watch.workspace.nbytes
     watcher.close()
     assert watch.workspace.nbytes == 0  # closed: given back
-
-    small = ScaleWatcher(model, every_n_steps=1, attention={"memory_mib": kept * 4 / 2 ** 20}, plot=False)
-    small.start()
-    model(rnd(3, 5, 16, s=3)).sum().backward()
-    small.step(0)
-    assert small.attention is not None and small.attention.workspace.nbytes == 0  # over an eighth: not kept
-    assert readings_of(small)
-    small.close()
 
 
 def _gqa_inputs(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
