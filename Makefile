@@ -39,7 +39,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Interleaved A/B overhead, check-step scaling and memory benchmarks (a few minutes);
+# Interleaved A/B overhead, check-step scaling, memory and attention benchmarks (several
+# minutes each; attention=True's three models took 7 min at --rounds 6, the default is 12);
 # prints the tables, writes JSON and Markdown to benchmarks/results/ (git-ignored).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out benchmarks/results

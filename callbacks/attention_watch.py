@@ -19,9 +19,10 @@ only, as it turns on the clamp-fraction statistic), and only then:
 
 SDPA calls are not computed one by one: their inputs are kept (the tensors autograd keeps for
 the backward anyway) up to the memory budget, and computed at the check (or when the budget
-is full) together, one batched pass per shape, a handful of tensor operations for all of them,
-in buffers kept from one check to the next while they are small (a CPU pays a page fault per
-4 KiB of memory freshly mapped at every check).
+is full) together, in batched passes per shape, a handful of tensor operations for all of them
+(on a CPU at most CPU_PASS_BYTES a pass, so that its sweeps over the logits run from the cache;
+one pass per shape on a GPU), in buffers kept from one check to the next on a CPU (which pays a
+page fault per 4 KiB of memory freshly mapped at every check).
 
 Off check steps none of this is installed: no wrapper, no hook, no mode, no tensor op.
 Calls from validation or inference (grad disabled and the module in eval mode) are left out.
@@ -343,7 +344,8 @@ class AttentionWatch:
         # this check's calls: kept SDPA inputs, and per-call sums ([C, 4, heads], a key per row)
         self._pending: List[_Call] = []
         self._pending_bytes = 0
-        # the batched passes' large tensors on a CPU, kept between checks (at most one pass: CPU_PASS_BYTES)
+        # the batched passes' large tensors on a CPU, kept between checks: each buffer the largest of its
+        # passes (about CPU_PASS_BYTES, or memory_mib if smaller, in all), given back at close()
         self.workspace = Workspace()
         self._results: List[Tuple[Tensor, List[Tuple[str, int]]]] = []
         self._seen: Set[int] = set()

@@ -8,6 +8,9 @@ a dict sets any of them::
                "softmax": ["*.fusion_attn"],  # modules whose own softmax(logits, dim=-1) is their attention
                "samples": 4,                  # only the first 4 samples of each batch (default: all)
                "memory_mib": 64}              # working memory of the statistics at a time (default 64 MiB)
+
+On a CPU a pass takes at most 8 MiB of it (``CPU_PASS_BYTES``), and the buffers of one pass (about
+``min(memory_mib, 8)`` MiB) stay allocated from one check to the next, given back at ``close()``.
 """
 from __future__ import annotations
 

@@ -41,9 +41,11 @@ STATISTICS = (MAX_LOGIT, ENTROPY, SATURATED)
 #: bytes of working memory per logit in a chunk: the float32 logits, their probabilities, the
 #: log-sum-exp's temporary, the boolean mask and a converted float mask (measured: ~17)
 BYTES_PER_LOGIT = 20
-#: on a CPU, the working bytes of one pass at most (at least one call or row): the statistics sweep
-#: the logits about eight times, which then run from the cache instead of main memory (ViT-tiny at
-#: 224x224, twelve calls of 197 tokens: 15-17 ms in one 28 MiB pass, 12 ms in passes of 5-7 MiB)
+#: on a CPU, the working bytes of one pass at most (:func:`stacked_bytes`, at least one call or row):
+#: the statistics sweep the logits about eight times, which then run from the cache instead of main
+#: memory (ViT-tiny at 224x224, batch 2, twelve calls of 197 tokens, each 5 MiB by that estimate, at
+#: a training loop's check: 27-33 ms in one pass of 28 MiB, fresh pages at each check; 16-21 ms a
+#: call a pass, 2.4 MiB kept)
 CPU_PASS_BYTES = 8 << 20
 
 _LOG_SATURATED = math.log(SATURATED_ROW_THRESHOLD)
@@ -240,8 +242,9 @@ def sdpa_statistics(query: Tensor, key: Tensor, attn_mask: Optional[Tensor] = No
 
     Args:
         max_samples: only the first ``max_samples`` entries of the batch dimension (dim 0).
-        memory_bytes: the logits of one chunk (and their working copies) stay within this;
-            at least one row of ``S`` logits is computed at a time.
+        memory_bytes: the logits of one chunk (and their working copies) stay within this, on a
+            CPU within :data:`CPU_PASS_BYTES` too (:func:`pass_bytes`); at least one row of ``S``
+            logits is computed at a time.
 
     Returns:
         :class:`HeadStatistics` of ``H`` heads, on ``query``'s device.

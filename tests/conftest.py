@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,12 @@ os.environ.setdefault("WANDB_DISABLE_CODE", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/models.py and helpers
+
+# A suite started in the background of a shell without job control inherits SIGINT ignored, and
+# so would every `scalewatch watch` the tests start and end with SIGINT (Ctrl-C): they would run
+# on. A handler here is reset to the default in each child, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -389,7 +389,17 @@ def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, call
     x = rnd(2, 3, 32, 32)
     q = torch.empty(2, 3, 17, 64)  # one block's query and key: 17 tokens, 3 heads of 64
     one_call = attention_stats.stacked_bytes(q, q)
-    monkeypatch.setattr(attention_stats, "CPU_PASS_BYTES", calls_a_pass * one_call if calls_a_pass else one_call // 2)
+    # row chunks: 8 rows of 17 logits a chunk, so (1 sample, 1 head, 8 queries) at a time
+    row_chunks = attention_stats.BYTES_PER_LOGIT * 17 * 8
+    monkeypatch.setattr(attention_stats, "CPU_PASS_BYTES", calls_a_pass * one_call if calls_a_pass else row_chunks)
+    chunks: List[Tuple[int, ...]] = []  # the shapes of the row chunks computed
+    real_chunk = attention_stats._chunk
+
+    def chunk(x: Tensor, invalid: Optional[Tensor]) -> Any:
+        chunks.append(tuple(x.shape))
+        return real_chunk(x, invalid)
+
+    monkeypatch.setattr(attention_stats, "_chunk", chunk)
     recorder = Recorder({f"blocks.{i}.attn": model.blocks[i].attn for i in range(4)})
     with recorder.active():
         watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
@@ -403,9 +413,18 @@ def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, call
     if calls_a_pass:  # four calls in two passes: the logits buffer holds two calls' logits
         assert buffers["logits"].numel() == 2 * 2 * 3 * 17 * 17
         assert watch.workspace.nbytes <= attention_stats.CPU_PASS_BYTES
-    else:
+        assert not chunks
+    else:  # each call on its own: 2 samples x 3 heads x (8 + 8 + 1 queries)
         assert not buffers
+        assert sorted(set(chunks)) == [(1, 1, 1, 17), (1, 1, 8, 17)] and len(chunks) == 4 * 2 * 3 * 3
     watcher.close()
+
+
+def test_a_pass_takes_the_budget_capped_on_a_cpu_only() -> None:
+    cap = attention_stats.CPU_PASS_BYTES
+    assert attention_stats.pass_bytes(64 << 20, torch.device("cpu")) == cap
+    assert attention_stats.pass_bytes(cap // 4, torch.device("cpu")) == cap // 4  # a smaller budget rules
+    assert attention_stats.pass_bytes(64 << 20, torch.device("cuda")) == 64 << 20  # (a device object: no GPU needed)
 
 
 def test_the_workspace_is_reused_from_check_to_check_and_given_back_at_close() -> None:
