@@ -299,16 +299,17 @@ def test_end_of_fit_logs_the_most_urgent_advice_and_says_where_the_rest_is(tmp_p
 
 @pytest.mark.slow
 def test_demo_fast_scale_lr_gets_the_soft_bound_advice_and_soft_no_longer_pins(tmp_path: Any, capsys: Any) -> None:
-    from test_examples import CONFIGS, FAST, run_cli
+    from test_examples import CONFIGS, FAST, run_clis
 
+    bounds = ("hard", "soft")
+    for bound in bounds:
+        (tmp_path / bound).mkdir()
+    run_clis([(["fit", "--config", os.path.join(CONFIGS, "conservative.yaml"), "--config",
+                os.path.join(CONFIGS, "fast-scale-lr.yaml"), "--trainer.max_steps", "60", "--trainer.logger",
+                "[]", "--model.bound", bound, *FAST], str(tmp_path / bound)) for bound in bounds])
     runs = {}
-    for bound in ("hard", "soft"):
-        cwd = tmp_path / bound
-        cwd.mkdir()
-        run_cli(["fit", "--config", os.path.join(CONFIGS, "conservative.yaml"), "--config",
-                 os.path.join(CONFIGS, "fast-scale-lr.yaml"), "--trainer.max_steps", "60", "--trainer.logger",
-                 "[]", "--model.bound", bound, *FAST], cwd=str(cwd))
-        assert cli.main(["report", str(cwd), "--json"]) == 0
+    for bound in bounds:
+        assert cli.main(["report", str(tmp_path / bound), "--json"]) == 0
         runs[bound] = json.loads(capsys.readouterr().out)
     hard = runs["hard"]["advice"]
     assert hard[0]["kind"] == PINNED_HIGH and hard[0]["scale"] == "fusion_attention.attention_bias_generator"

@@ -14,7 +14,9 @@ import os
 import struct
 import subprocess
 import sys
-from typing import Dict, List
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
@@ -64,6 +66,13 @@ def run_cli(args: List[str], cwd: str, timeout: float = 240) -> subprocess.Compl
                           timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     return proc
+
+
+def run_clis(runs: List[Tuple[List[str], str]], timeout: float = 240) -> List[subprocess.CompletedProcess]:
+    """:func:`run_cli` for several ``(args, cwd)`` at once: each run is one torch thread, mostly
+    starting up, so the machine's cores take them side by side."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda run: run_cli(*run, timeout=timeout), runs))
 
 
 def read_history(path: str) -> List[Dict]:
@@ -141,17 +150,23 @@ def test_learning_the_bias_beats_the_scale_fixed_at_min(tmp_path, in_process_cli
 # ---- the CLI, as a user runs it --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset_name", sorted(PRESETS))
-def test_cli_trains_each_preset(preset_name: str, tmp_path) -> None:
-    run_cli(["fit", "--config", os.path.join(CONFIGS, f"{preset_name}.yaml"), "--trainer.max_steps", "20", *FAST],
-            cwd=str(tmp_path))
-    run = tmp_path / "demo_runs" / preset_name
+def test_cli_trains_each_preset(tmp_path) -> None:
+    names = sorted(PRESETS)
+    for name in names:
+        (tmp_path / name).mkdir()
+    run_clis([(["fit", "--config", os.path.join(CONFIGS, f"{name}.yaml"), "--trainer.max_steps", "20", *FAST],
+               str(tmp_path / name)) for name in names])
+    for name in names:
+        _check_preset_run(tmp_path / name / "demo_runs" / name, name)
+
+
+def _check_preset_run(run: Path, preset_name: str) -> None:
     records = read_history(only(f"{run}/tensorboard/version_0/{HISTORY_FILENAME}"))
-    assert [r["step"] for r in records] == [9, 19]
+    assert [r["step"] for r in records] == [9, 19], preset_name
     bounds = PRESETS[preset_name]
     for r in records:
-        assert (r["min"], r["max"]) == (bounds["min_scale"], bounds["max_scale"])
-        assert r["min"] <= r["scale"] <= r["max"] and math.isfinite(r["grad"])
+        assert (r["min"], r["max"]) == (bounds["min_scale"], bounds["max_scale"]), (preset_name, r)
+        assert r["min"] <= r["scale"] <= r["max"] and math.isfinite(r["grad"]), (preset_name, r)
     assert (run / "tensorboard" / "version_0" / "scale_history.png").stat().st_size > 0
     assert glob.glob(f"{run}/tensorboard/version_0/events.out.tfevents.*")
     only(f"{run}/wandb/offline-run-*/run-*.wandb")
