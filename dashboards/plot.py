@@ -33,7 +33,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from scalewatch.dashboards.history_columns import HistoryColumns  # noqa: E402
-from scalewatch.dashboards.series import ScaleBounds, ScaleSeries, attention_label, collect_series  # noqa: E402
+from scalewatch.dashboards.series import (ScaleBounds, ScaleSeries, attention_label, collect_series,  # noqa: E402
+                                          never_negative)
 from scalewatch.dashboards.thinning import MAX_DRAWN_POINTS, band_envelope, envelope  # noqa: E402,F401
 from scalewatch.dashboards.tensor_series import (TensorSeries, element_label, group_series,  # noqa: E402
                                                  outside_mask, rank, shown_values, values)
@@ -272,10 +273,6 @@ def _band_members(n: int, named: int, members: str = "elements") -> str:
     return f"all {n} {members}" if named == 0 or named == n else f"the other {n - named} {members}"
 
 
-#: statistics that are never negative: their y axis starts just below 0
-NON_NEGATIVE = ("max_logit", "entropy", "saturated")
-
-
 def _value_label(b: ScaleBounds) -> str:
     """The y axis: the scale (as shown), or the softmax statistic an attention record holds."""
     if b.attention is not None:
@@ -287,7 +284,7 @@ def _finish_panel(ax: Axes, b: ScaleBounds, shown: np.ndarray, head: str) -> Non
     """Y range, title (with the range and display), axis label, grid, legend."""
     lo_hi = shown_values(b, np.array([b.min, b.max]))
     _y_range(ax, shown[np.isfinite(shown)], float(lo_hi[1] - lo_hi[0]))
-    if b.attention in NON_NEGATIVE:
+    if never_negative(b.attention):  # the y axis starts just below 0
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, -0.04 * high), high)
     shown_as = "" if b.display == IDENTITY else f"   ({b.display} shown)"

@@ -40,6 +40,11 @@ def attention_label(statistic: str) -> str:
     return ATTENTION_LABELS.get(statistic, statistic)
 
 
+def never_negative(attention: Optional[str]) -> bool:
+    """Whether a record's value cannot be below 0: an attention statistic's (|logit|, entropy, a share of rows)."""
+    return bool(attention)
+
+
 def value_name(attention: Optional[str]) -> str:
     """What a record's value is called: ``scale``, or the softmax statistic an attention record holds."""
     return "scale" if not attention else attention_label(attention)

@@ -28,7 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from scalewatch.dashboards.series import as_float, value_name
+from scalewatch.dashboards.series import as_float, never_negative, value_name
 from scalewatch.monitor.display import IDENTITY, display_value, format_number, format_range
 from scalewatch.monitor.history.follower import READ_CHUNK, HistoryFollower  # noqa: F401 (moved; importable here)
 from scalewatch.monitor import rules
@@ -206,7 +206,7 @@ def bar_range(record: Dict[str, Any], value: Optional[float] = None) -> Tuple[fl
     v = _shown(record, record.get("scale")) if value is None else value
     v = v if math.isfinite(v) else math.nan
     if math.isnan(lo) and not math.isnan(hi):
-        lo = 0.0 if _display(record) != IDENTITY or record.get("attention") else \
+        lo = 0.0 if _display(record) != IDENTITY or never_negative(record.get("attention")) else \
             min(hi - 1.0, v - (hi - v) if v == v else hi - 1.0)
     elif math.isnan(hi) and not math.isnan(lo):
         hi = max(lo + 1.0, v + (v - lo) if v == v else lo + 1.0)
@@ -245,7 +245,7 @@ def _end_labels(record: Dict[str, Any]) -> Tuple[str, str]:
     """The bar's end labels, as shown; a missing bound as format_range shows it open (``-inf``, exp: ``0``)."""
     lo, hi = record.get("min"), record.get("max")
     open_lo, open_hi = format_range(None, None, _display(record))[1:-1].split(", ")
-    if record.get("attention"):  # never negative: its bar starts at 0 (bar_range)
+    if never_negative(record.get("attention")):  # its bar starts at 0 (bar_range)
         open_lo = "0"
     return (open_lo if lo is None else format_number(_shown(record, lo))), (open_hi if hi is None else format_number(_shown(record, hi)))
 
@@ -385,7 +385,7 @@ def scale_table(rows: List[Row], width: int, unicode: bool = True) -> Table:
             lo, hi = bar_range(r)
             recent = [_shown(r, v) for v in row.recent[-spark_w:]]
             if not (math.isfinite(lo) and math.isfinite(hi)):  # no bound at all: the recent values' own span
-                lo, hi = _recent_span(recent, 0.0 if r.get("attention") else None)
+                lo, hi = _recent_span(recent, 0.0 if never_negative(r.get("attention")) else None)
             line.append(Text(sparkline(recent, lo, hi, unicode), style="cyan"))
         if show_now:
             line.append(_status(row))
