@@ -239,12 +239,12 @@ def assert_readings(readings: Dict[str, float], expected: Dict[str, Sums]) -> No
 # ---- real models -----------------------------------------------------------------------------------
 
 
-def vit() -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Tensor]]:
+def vit(depth: int = 2) -> Tuple[nn.Module, Dict[str, nn.Module], Callable[[nn.Module], Tensor]]:
     timm = pytest.importorskip("timm")
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32, patch_size=8,
-                              depth=2)
+                              depth=depth)
     x = rnd(2, 3, 32, 32)
-    return model, {f"blocks.{i}.attn": model.blocks[i].attn for i in range(2)}, lambda m: m(x).sum()
+    return model, {f"blocks.{i}.attn": model.blocks[i].attn for i in range(depth)}, lambda m: m(x).sum()
 
 
 def _tiny_bert_config(**kw: Any) -> Any:
@@ -382,11 +382,8 @@ def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, call
     """On a CPU the kept calls go in passes of at most CPU_PASS_BYTES (their logits stay in the cache,
     the workspace stays small enough to keep); a call larger than that is computed in row chunks of
     its own. Either way the values are those of the logits by hand."""
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32, patch_size=8,
-                              depth=4)
-    x = rnd(2, 3, 32, 32)
+    model, modules, loss_of = vit(depth=4)
     q = torch.empty(2, 3, 17, 64)  # one block's query and key: 17 tokens, 3 heads of 64
     one_call = attention_stats.stacked_bytes(q, q)
     # row chunks: 8 rows of 17 logits a chunk, so (1 sample, 1 head, 8 queries) at a time
@@ -400,11 +397,11 @@ def test_a_cpu_pass_stays_within_its_bytes(monkeypatch: pytest.MonkeyPatch, call
         return real_chunk(x, invalid)
 
     monkeypatch.setattr(attention_stats, "_chunk", chunk)
-    recorder = Recorder({f"blocks.{i}.attn": model.blocks[i].attn for i in range(4)})
+    recorder = Recorder(modules)
     with recorder.active():
         watcher = ScaleWatcher(model, every_n_steps=1, attention=True, plot=False)
         watcher.start()
-        model(x).sum().backward()
+        loss_of(model).backward()
         watcher.step(0)
     assert_readings(readings_of(watcher), recorder.expected())
     watch = watcher.attention
